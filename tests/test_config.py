@@ -1,0 +1,112 @@
+import pytest
+
+from preftune.config import ConfigError, build_config, load_config, parse_overrides
+from preftune.method import resolve_method
+
+FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures"
+
+
+def test_cli_overrides_fill_typed_fields():
+    config = load_config(None, ["--beta", "2.5", "--learning_rate=3e-7", "--bf16",
+                                "--max_steps", "12", "--column_mapping", "{prompt: question}",
+                                "--method", "simpo"])
+    assert config.method.beta == 2.5 and isinstance(config.method.beta, float)
+    assert config.training.learning_rate == 3e-7
+    assert config.training.bf16 is True
+    assert config.training.max_steps == 12
+    assert config.data.column_mapping == {"prompt": "question"}
+
+
+def test_yaml_then_cli_override(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("method: dpo\nbeta: 0.1\ntraining:\n  learning_rate: 1.0e-6\n")
+    config = load_config(str(recipe), ["--beta", "0.3"])
+    assert config.method.method == "dpo"
+    assert config.method.beta == 0.3
+    assert config.training.learning_rate == 1e-6
+
+
+def test_unknown_key_fails_with_suggestion(tmp_path):
+    with pytest.raises(ConfigError, match="did you mean 'learning_rate'"):
+        build_config({"learnig_rate": 1e-6})
+    with pytest.raises(ConfigError, match="did you mean 'simpo_gamma'"):
+        load_config(None, ["--simpo_gama", "0.5"])
+
+
+def test_wrong_type_is_an_error():
+    with pytest.raises(ConfigError, match="max_steps"):
+        build_config({"max_steps": "many"})
+    with pytest.raises(ConfigError, match="bf16"):
+        build_config({"bf16": 3})
+
+
+def test_bare_flag_is_true_and_positional_is_rejected():
+    assert parse_overrides(["--resume"]) == {"resume": "true"}
+    with pytest.raises(ConfigError):
+        parse_overrides(["stray"])
+
+
+def test_simpo_repository_yaml_runs_unchanged():
+    config = load_config(str(FIXTURES / "simpo_repo_style.yaml"))
+    resolved = resolve_method(config.method)
+    assert resolved.objective.name == "simpo"
+    assert resolved.hparams["beta"] == 2.5
+    # gamma = gamma_beta_ratio x beta = 0.55 x 2.5
+    assert resolved.hparams["gamma"] == pytest.approx(1.375)
+    assert resolved.nll_weight == 0.0
+    assert config.data.dataset_mixer == {"princeton-nlp/llama3-ultrafeedback": 1.0}
+    assert config.model.attn_implementation == "flash_attention_2"
+    assert config.training.eval_strategy == "steps"
+    assert "log_level" in config.ignored and "preprocessing_num_workers" in config.ignored
+
+
+def test_cpo_simpo_repository_yaml_runs_unchanged():
+    config = load_config(str(FIXTURES / "cpo_simpo_repo_style.yaml"))
+    resolved = resolve_method(config.method)
+    assert resolved.objective.name == "cpo-simpo"
+    assert resolved.hparams["beta"] == 10 and resolved.hparams["gamma"] == 5.4
+    assert resolved.nll_weight == 0.05
+
+
+@pytest.mark.parametrize("loss_type, alpha, expected, reference_free", [
+    ("sigmoid", None, "cpo", False),     # TRL CPOConfig: cpo_alpha defaults to 1.0
+    ("sigmoid", 0.0, "cpo", False),
+    ("simpo", 0.0, "simpo", False),
+    ("simpo", None, "cpo-simpo", False),
+    ("simpo", 0.05, "cpo-simpo", False),
+    ("hinge", 0.0, "hinge", True),       # TRL's CPO trainer has no reference model
+    ("ipo", 0.0, "ipo", True),
+])
+def test_loss_type_resolves_like_trl_cpo_config(loss_type, alpha, expected, reference_free):
+    args = ["--loss_type", loss_type] + ([] if alpha is None else ["--cpo_alpha", str(alpha)])
+    resolved = resolve_method(load_config(None, args).method)
+    assert resolved.objective.name == expected
+    assert resolved.reference_free is reference_free
+    assert resolved.nll_weight == (1.0 if alpha is None else alpha)
+
+
+def test_simpo_margin_spellings_agree():
+    for args in (["--gamma", "1.25"], ["--simpo_gamma", "1.25"], ["--gamma_beta_ratio", "0.5"]):
+        resolved = resolve_method(load_config(None, ["--method", "simpo", "--beta", "2.5", *args]).method)
+        assert resolved.hparams["gamma"] == pytest.approx(1.25)
+    with pytest.raises(ConfigError, match="conflicting"):
+        resolve_method(load_config(None, ["--method", "simpo", "--beta", "2", "--simpo_gamma", "1",
+                                          "--gamma_beta_ratio", "0.8"]).method)
+
+
+def test_sft_weight_is_cpo_alpha():
+    resolved = resolve_method(load_config(None, ["--method", "dpo", "--sft_weight", "0.2"]).method)
+    assert resolved.nll_weight == 0.2
+    with pytest.raises(ConfigError):
+        resolve_method(load_config(None, ["--method", "dpo", "--sft_weight", "0.2",
+                                          "--cpo_alpha", "0.3"]).method)
+
+
+def test_margin_on_objective_without_one_is_an_error():
+    with pytest.raises(ConfigError, match="no margin"):
+        resolve_method(load_config(None, ["--method", "dpo", "--simpo_gamma", "0.5"]).method)
+
+
+def test_no_method_is_an_error():
+    with pytest.raises(ConfigError, match="--method"):
+        resolve_method(load_config(None, []).method)
