@@ -17,7 +17,10 @@ from typing import Optional
 def cmd_methods(_: list[str]) -> int:
     from preftune.objectives import REGISTRY
 
-    for obj in REGISTRY.values():
+    order = ["cpo", "simpo", "cpo-simpo", "sampo", "dpo", "ipo", "hinge", "rdpo", "kto",
+             "kto-pair", "orpo", "sft"]
+    names = [n for n in order if n in REGISTRY] + sorted(set(REGISTRY) - set(order))
+    for obj in (REGISTRY[n] for n in names):
         hparams = ", ".join(f"{k}={v:g}" for k, v in obj.hyperparameters.items()) or "-"
         print(f"{obj.name}")
         print(f"  paper:      {obj.paper}")
@@ -59,11 +62,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(__doc__)
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     from preftune.config import ConfigError
+    from preftune.data import DataError
 
     try:
         return COMMANDS[argv[0]](argv[1:])
     except ConfigError as error:
         print(f"preftune: config error: {error}", file=sys.stderr)
+        return 2
+    except DataError as error:
+        print(f"preftune: data error: {error}\n  (--skip_bad_rows true skips such rows and "
+              "counts them in a summary)", file=sys.stderr)
         return 2
 
 

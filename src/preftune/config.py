@@ -20,6 +20,8 @@ from typing import Any, Optional
 
 import yaml
 
+from preftune.errors import ConfigError
+
 
 @dataclass
 class ModelConfig:
@@ -170,10 +172,6 @@ def _field_index() -> dict[str, tuple[str, dataclasses.Field]]:
 
 
 FIELDS = _field_index()
-
-
-class ConfigError(ValueError):
-    pass
 
 
 def _suggest(key: str) -> str:

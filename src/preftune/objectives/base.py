@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
+from preftune.errors import ConfigError
 from preftune.types import ObjectiveTerms, ReducedLogps
 
 LossFn = Callable[[ReducedLogps, Mapping[str, float]], ObjectiveTerms]
@@ -69,6 +70,6 @@ def get_objective(name: str) -> Objective:
         import difflib
 
         hint = difflib.get_close_matches(key, REGISTRY, n=1)
-        extra = f"; did you mean {hint[0]!r}?" if hint else ""
-        raise KeyError(f"unknown method {name!r}{extra} Known: {', '.join(sorted(REGISTRY))}")
+        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise ConfigError(f"unknown method {name!r}{extra}; known: {', '.join(sorted(REGISTRY))}")
     return REGISTRY[key]

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from typing import Mapping
 
-import torch
-
 from preftune.objectives.base import Objective, register
 from preftune.objectives.common import log_ratios, positive, smoothed_sigmoid_loss
 from preftune.types import ObjectiveTerms, ReducedLogps

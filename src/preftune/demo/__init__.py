@@ -1,0 +1,1 @@
+"""The `preftune demo` task (see task.py)."""

@@ -1,0 +1,74 @@
+"""The command line and the shipped recipes."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from conftest import HH_RLHF, ROOT, require
+from preftune.cli import main
+from preftune.config import load_config
+from preftune.method import resolve_method
+from preftune.objectives import REGISTRY
+
+RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
+
+
+def test_methods_lists_every_objective(capsys):
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for name, objective in REGISTRY.items():
+        assert f"\n{name}\n" in f"\n{out}"
+        assert objective.paper in out
+    assert out.count("reference:  yes") == sum(o.needs_reference for o in REGISTRY.values())
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_every_recipe_parses_and_names_its_command(recipe):
+    first_lines = recipe.read_text().splitlines()[:6]
+    assert any("preftune" in line and "train --config" in line for line in first_lines)
+    resolve_method(load_config(str(recipe)).method)
+
+
+def test_one_recipe_per_method():
+    stems = {p.stem for p in RECIPES}
+    assert set(REGISTRY) <= stems
+
+
+def test_unknown_key_exits_with_a_message(capsys):
+    assert main(["train", "--learnig_rate", "1e-6"]) == 2
+    assert "did you mean 'learning_rate'" in capsys.readouterr().err
+
+
+def test_bad_row_exits_naming_row_and_field(tmp_path, capsys):
+    data = tmp_path / "d.jsonl"
+    rows = [{"prompt": "2+2?", "chosen": "4", "rejected": "5"},
+            {"prompt": "3+3?", "chosen": "6", "rejected": "6"}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code = main(["train", "--method", "simpo", "--dataset_name", str(data),
+                 "--output_dir", str(tmp_path / "out")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "row 1" in err and "'rejected'" in err and "--skip_bad_rows" in err
+
+
+def test_hh_rlhf_at_256_tokens_has_only_finite_losses(tmp_path, tokenizer):
+    """TRL's CPO trainer logs NaN here from the first step (empty completions after
+    truncation); preftune cuts prompts first and drops rows that cannot fit."""
+    from preftune.trainer import Trainer
+    from tiny import tiny_llama
+
+    config = load_config(None, [
+        "--method", "simpo", "--dataset_name", str(require(HH_RLHF)), "--max_length", "256",
+        "--max_prompt_length", "200", "--skip_bad_rows", "--max_train_samples", "96",
+        "--per_device_train_batch_size", "16", "--max_steps", "6", "--logging_steps", "1",
+        "--learning_rate", "1e-3", "--output_dir", str(tmp_path), "--progress_bar", "false"])
+    trainer = Trainer(config, model=tiny_llama(), tokenizer=tokenizer, log=lambda *_: None)
+    assert all(len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) <= 256
+               and p.chosen_ids and p.rejected_ids for p in trainer.train_pairs)
+    trainer.train()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 6
+    for record in records:
+        assert all(isinstance(v, (int, float)) and math.isfinite(v) for v in record.values()), record
