@@ -128,6 +128,21 @@ class TrainingConfig:
     push_to_hub: bool = False
     hub_model_id: Optional[str] = None
     progress_bar: bool = True
+    # The forward station (preftune/fast/): each switch alone keeps results equal to the
+    # plain padded, full-logits path; all three off is that path.
+    chunked_logps: bool = True
+    """Apply the output head only where completion tokens are scored, in chunks, with
+    log-softmax recomputed in backward: memory one chunk x vocab, not tokens x vocab."""
+    logps_chunk_size: int = 512
+    """Tokens per head chunk when ``chunked_logps`` is on."""
+    prefix_sharing: bool = True
+    """One row [prompt | chosen | rejected]: the prompt is computed once per pair."""
+    packing: bool = True
+    """Several pairs per row (block-diagonal mask), no padding between them."""
+    max_tokens_per_row: Optional[int] = None
+    """Token budget of a packed row; None: the batch's longest sequence."""
+    group_by_length: bool = False
+    """Batch pairs of similar length together (seeded, mega-batches of 50 batches)."""
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "method": MethodConfig,

@@ -23,7 +23,8 @@ import torch
 from preftune.batching import BatchPlan, eval_batches
 from preftune.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from preftune.config import Config
-from preftune.forward import PaddedForward
+from preftune.fast import build_forward
+from preftune.fast.grouping import LengthGroupedPlan
 from preftune.method import ResolvedMethod, resolve_method
 from preftune.metrics import JsonlLog, MetricWindow, total_loss
 from preftune.objectives import compute_objective, example_metrics, step_loss
@@ -81,11 +82,13 @@ class Trainer:
         if self.method.needs_reference:
             self.ref_model = ref_model or setup.build_reference(config, self.model,
                                                                 self.accelerator)
-        self.forward = forward or PaddedForward(self.tokenizer.pad_token_id)
+        self.forward = forward or build_forward(config, self.tokenizer, log=self.log)
 
         world = self.accelerator.num_processes
-        self.plan = BatchPlan(len(self.train_pairs), t.per_device_train_batch_size,
-                              t.gradient_accumulation_steps, world, t.seed)
+        plan_args = (len(self.train_pairs), t.per_device_train_batch_size,
+                     t.gradient_accumulation_steps, world, t.seed)
+        self.plan = (LengthGroupedPlan(*plan_args, lengths=tuple(
+            p.num_tokens for p in self.train_pairs)) if t.group_by_length else BatchPlan(*plan_args))
         if self.plan.steps_per_epoch == 0:
             raise ValueError(f"{len(self.train_pairs)} training pairs cannot fill one step of "
                              f"{self.plan.global_batch} pairs")

@@ -81,19 +81,22 @@ def split_items(seed: int = 0, eval_fraction: float = 0.35) -> tuple[list[dict],
     return items[cut:], items[:cut]
 
 
-def _wrong_values(item: dict, rng: random.Random) -> list[int]:
-    """Plausible mistakes: a neighbouring row of the table, the sum instead of the product,
-    the count copied through (the base model's favourite), a wrong factor."""
+def _wrong_answers(item: dict) -> list[tuple[int, int]]:
+    """Plausible mistakes as (wrong value, factor shown in the working): a neighbouring row
+    of the table or the sum instead of the product; for conversions a factor off by one,
+    an arithmetic slip with the right factor, or the count copied through unchanged (the
+    base model's favourite)."""
     value = item["value"]
     if item["kind"] == "times":
         a, b = item["orders"][0]
-        wrong = {a * (b + 1), a * (b - 1), (a + 1) * b, (a - 1) * b, a + b, value + 2,
-                 value - 2, value + 10}
+        wrong = [(w, 0) for w in (a * (b + 1), a * (b - 1), (a + 1) * b, (a - 1) * b, a + b,
+                                  value + 2, value - 2, value + 10)]
     else:
         n, factor = item["n"], item["factor"]
-        wrong = {n, n * (factor + 1), n * (factor - 1), (n + 1) * factor, (n - 1) * factor,
-                 n * factor * 10, n + factor}
-    return sorted(w for w in wrong if w != value and w > 0)
+        wrong = [(n * (factor + 1), factor + 1), (n * (factor - 1), factor - 1),
+                 ((n + 1) * factor, factor), ((n - 1) * factor, factor),
+                 (value * 10, factor), (n, 1)]
+    return sorted({(w, f) for w, f in wrong if w != value and w > 0})
 
 
 def question_records(item: dict, rng: random.Random) -> list[dict]:
@@ -116,14 +119,14 @@ def _answer(record: dict, value: int, template: str) -> str:
 def pair_for(record: dict, item: dict, rng: random.Random, ramble_share: float = 0.5) -> dict:
     """One preference row: the correct short answer against a wrong one, rambling or short."""
     times = record["kind"] == "times"
-    wrong = rng.choice(_wrong_values(item, rng))
+    wrong, shown_factor = rng.choice(_wrong_answers(item))
     chosen = _answer(record, record["answer"], TIMES_ANSWER if times else CONVERT_ANSWER)
     if rng.random() < ramble_share:
         rejected = _answer(record, wrong, rng.choice(TIMES_RAMBLE if times else CONVERT_RAMBLE))
+    elif times:
+        rejected = _answer(record, wrong, TIMES_ANSWER)
     else:
-        rejected = _answer(record, wrong, TIMES_ANSWER if times else CONVERT_ANSWER)
-        if not times:  # keep the shown arithmetic consistent with the wrong total
-            rejected = rejected.replace(f"x {record['factor']} = ", "= ")
+        rejected = _answer({**record, "factor": shown_factor}, wrong, CONVERT_ANSWER)
     return {"prompt": [{"role": "user", "content": record["question"]}],
             "chosen": [{"role": "assistant", "content": chosen}],
             "rejected": [{"role": "assistant", "content": rejected}]}

@@ -1,0 +1,157 @@
+"""log pi(target | hidden) through the output head, a chunk of tokens at a time.
+
+The plain path builds ``logits = head(hidden)`` for every position, ``[tokens, vocab]``,
+and autograd keeps that tensor (and its log-softmax) until the backward pass: at a 128k
+vocabulary and a few thousand tokens that is gigabytes, more than the model body needs.
+Here the head runs only on the hidden states that score a completion token, and
+:class:`ChunkedTokenLogps` fuses matmul + log-softmax + gather over ``chunk_size`` tokens
+at a time, saving only the inputs and one log-sum-exp per token; the backward pass
+recomputes each chunk's logits. Extra memory: one ``chunk x vocab`` block (plus its
+gradient), whatever the number of tokens. The same idea as Liger-Kernel's fused linear
+cross-entropy, written in plain PyTorch so it runs on CPU and GPU alike.
+
+Precision follows the plain path: the head's matmul runs in the model's (or autocast's)
+dtype and the log-softmax in float32, so fp32 results agree to rounding and bf16 ones to
+bf16 rounding of the logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class HeadTransform:
+    """What a model does to ``head(hidden)`` before the softmax: ``logits * scale``, then
+    ``cap * tanh(logits / cap)`` when ``softcap`` is set (Gemma 2/3). Cohere multiplies by
+    ``config.logit_scale``, Granite divides by ``config.logits_scaling``."""
+
+    scale: float = 1.0
+    softcap: Optional[float] = None
+
+
+def head_transform(config) -> HeadTransform:
+    scale = float(getattr(config, "logit_scale", None) or 1.0)
+    granite = getattr(config, "logits_scaling", None)
+    if granite:
+        scale /= float(granite)
+    softcap = getattr(config, "final_logit_softcapping", None)
+    return HeadTransform(scale, float(softcap) if softcap else None)
+
+
+def _compute_dtype(weight: torch.Tensor) -> torch.dtype:
+    """The dtype the plain path's head matmul would run in: autocast's, else the weight's."""
+    device_type = weight.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return weight.dtype
+
+
+def _chunk_logits(hidden, weight, bias, transform: HeadTransform):
+    """float32 logits of one chunk and d(logits)/d(matmul output) (None when it is 1)."""
+    logits = F.linear(hidden, weight, bias).float()
+    slope = None
+    if transform.scale != 1.0:
+        logits = logits * transform.scale
+    if transform.softcap is not None:
+        tanh = torch.tanh(logits / transform.softcap)
+        logits = tanh * transform.softcap
+        slope = (1.0 - tanh * tanh) * transform.scale
+    elif transform.scale != 1.0:
+        slope = transform.scale
+    return logits, slope
+
+
+class ChunkedTokenLogps(torch.autograd.Function):
+    """``out[i] = log_softmax(T(hidden[i] @ weight.T + bias))[targets[i]]``, chunked.
+
+    Saved for backward: ``hidden [N, H]``, ``weight``/``bias`` (the parameters themselves,
+    no copy), ``targets [N]`` and ``log_sum_exp [N]``; never an ``[N, vocab]`` tensor.
+
+    FSDP / DeepSpeed ZeRO-3: ``weight`` must be the full (gathered) head weight while both
+    passes run. Under those wrappers the head parameter is sharded outside the wrapped
+    module's forward, so this function must then be called from inside the head module's
+    forward (e.g. a forward override of ``model.get_output_embeddings()`` fed the scored
+    hidden states through ``logits_to_keep``) and re-gather in backward the way the wrapper
+    does; plain DDP and single-device runs need nothing.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, chunk_size: int, transform: HeadTransform):
+        dtype = _compute_dtype(weight)
+        device_type = hidden.device.type
+        out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        log_sum_exp = torch.empty_like(out)
+        w = weight.to(dtype)
+        b = bias.to(dtype) if bias is not None else None
+        # Casts are explicit above; autocast must not re-cast inside the chunk loop.
+        with torch.autocast(device_type, enabled=False):
+            for start in range(0, hidden.shape[0], chunk_size):
+                stop = min(start + chunk_size, hidden.shape[0])
+                logits, _ = _chunk_logits(hidden[start:stop].to(dtype), w, b, transform)
+                lse = torch.logsumexp(logits, dim=-1)
+                log_sum_exp[start:stop] = lse
+                out[start:stop] = logits.gather(-1, targets[start:stop, None]).squeeze(-1) - lse
+        ctx.save_for_backward(hidden, weight, bias, targets, log_sum_exp)
+        ctx.chunk_size, ctx.transform, ctx.dtype = chunk_size, transform, dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        hidden, weight, bias, targets, log_sum_exp = ctx.saved_tensors
+        dtype, transform = ctx.dtype, ctx.transform
+        need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+        w = weight.to(dtype)
+        b = bias.to(dtype) if bias is not None else None
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        # Accumulate the parameter gradients over chunks in float32, cast once at the end.
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
+            if need_weight else None
+        grad_bias = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) \
+            if need_bias else None
+        grad_out = grad_out.float()
+        with torch.autocast(hidden.device.type, enabled=False):
+            for start in range(0, hidden.shape[0], ctx.chunk_size):
+                stop = min(start + ctx.chunk_size, hidden.shape[0])
+                h = hidden[start:stop].to(dtype)
+                logits, slope = _chunk_logits(h, w, b, transform)
+                g = grad_out[start:stop, None]
+                # d/dlogits of (logits[target] - logsumexp) = onehot(target) - softmax.
+                grad_logits = torch.exp(logits - log_sum_exp[start:stop, None]).mul_(-g)
+                grad_logits.scatter_add_(-1, targets[start:stop, None], g)
+                if slope is not None:
+                    grad_logits = grad_logits * slope
+                if grad_bias is not None:
+                    grad_bias += grad_logits.sum(0)
+                grad_logits = grad_logits.to(dtype)
+                if grad_hidden is not None:
+                    grad_hidden[start:stop] = (grad_logits @ w).to(hidden.dtype)
+                if grad_weight is not None:
+                    grad_weight += (grad_logits.t() @ h).float()
+        if grad_weight is not None:
+            grad_weight = grad_weight.to(weight.dtype)
+        if grad_bias is not None:
+            grad_bias = grad_bias.to(bias.dtype)
+        return grad_hidden, grad_weight, grad_bias, None, None, None
+
+
+def chunked_token_logps(hidden: torch.Tensor, weight: torch.Tensor,
+                        bias: Optional[torch.Tensor], targets: torch.Tensor,
+                        chunk_size: int = 512,
+                        transform: HeadTransform = HeadTransform()) -> torch.Tensor:
+    """float32 ``[N]`` log-probs of ``targets [N]`` given ``hidden [N, H]`` and the head."""
+    if chunk_size < 1:
+        raise ValueError(f"logps_chunk_size must be >= 1, got {chunk_size}")
+    return ChunkedTokenLogps.apply(hidden, weight, bias, targets, chunk_size, transform)
+
+
+def plain_token_logps(hidden: torch.Tensor, weight: torch.Tensor,
+                      bias: Optional[torch.Tensor], targets: torch.Tensor,
+                      transform: HeadTransform = HeadTransform()) -> torch.Tensor:
+    """The unchunked formula (autograd keeps ``[N, vocab]``): the tests' reference."""
+    logits, _ = _chunk_logits(hidden, weight, bias, transform)
+    return torch.log_softmax(logits, -1).gather(-1, targets[:, None]).squeeze(-1)

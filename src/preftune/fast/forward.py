@@ -1,0 +1,236 @@
+"""The fast forward station: same seam and same numbers as :class:`PaddedForward`.
+
+Three independent switches (``TrainingConfig``):
+
+- ``chunked_logps``: the model returns hidden states, not logits; the output head runs
+  only where a completion token is scored, ``logps_chunk_size`` tokens at a time, with the
+  backward pass recomputing each chunk (chunked_logps.py);
+- ``prefix_sharing``: ``[prompt | chosen | rejected]`` in one row, the prompt computed once;
+- ``packing``: several pairs per row up to ``max_tokens_per_row``, no padding in between.
+
+The last two need the model to take a custom 4-D attention mask and position ids
+(transformers passes a 4-D mask through unchanged for ``sdpa`` and ``eager`` attention).
+What a model cannot do is switched off for that model with a one-line notice: the
+first call runs a few-token probe through both this station and PaddedForward and keeps
+only the features that reproduce it, so a model that ignores or rejects the mask, or
+transforms its logits in a way the chunked head does not know, falls back instead of
+training on wrong numbers. With all features off this is PaddedForward.
+
+The model is always called through its own (possibly wrapped) ``forward``, so DDP's
+gradient hooks and hidden-state capture work as in the plain path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from preftune.fast.chunked_logps import chunked_token_logps, head_transform
+from preftune.fast.layout import Layout, build_layout, scatter_completions
+from preftune.forward import PaddedForward, model_forward_kwargs
+from preftune.types import SequenceLogps, TokenizedPair
+
+MASKABLE_ATTENTION = {"sdpa": "bool", "eager": "additive"}
+PROBE_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-6}  # other dtypes: 0.25
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside DDP / DeepSpeed / accelerate wrappers."""
+    while isinstance(getattr(model, "module", None), torch.nn.Module):
+        model = model.module
+    return model
+
+
+@dataclass
+class Support:
+    """What the fast path does for one model, and why a feature is off."""
+
+    chunked: bool
+    custom_mask: bool
+    notes: tuple[str, ...] = ()
+
+
+def static_support(model: torch.nn.Module, chunked: bool, custom_mask: bool) -> Support:
+    """What can be decided from the model's classes and config alone."""
+    inner = unwrap(model)
+    config = getattr(inner, "config", None)
+    notes = []
+    if chunked:
+        head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+        if not isinstance(head, torch.nn.Linear):
+            chunked = False
+            notes.append(f"chunked_logps off: output head is {type(head).__name__}, not Linear")
+    if custom_mask:
+        impl = getattr(config, "_attn_implementation", None)
+        if impl not in MASKABLE_ATTENTION:
+            custom_mask = False
+            notes.append(f"prefix_sharing/packing off: {impl!r} attention takes no custom "
+                         "4-D mask (sdpa and eager do)")
+        elif config is not None and hasattr(config, "output_router_logits"):
+            # The router loss is averaged over the padded rows' tokens; another layout
+            # would change it.
+            custom_mask = False
+            notes.append("prefix_sharing/packing off: mixture-of-experts router loss is "
+                         "defined on padded rows")
+    return Support(chunked, custom_mask, tuple(notes))
+
+
+def sliding_window(config) -> Optional[int]:
+    if config is None or getattr(config, "use_sliding_window", True) is False:
+        return None
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None and "sliding_attention" not in layer_types:
+        return None
+    return getattr(config, "sliding_window", None)
+
+
+def attention_mask(layout: Layout, kind: str, dtype: torch.dtype,
+                   device: torch.device) -> torch.Tensor:
+    allowed = layout.attention_allowed(device)
+    if kind == "bool":
+        return allowed
+    return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(
+        ~allowed, torch.finfo(dtype).min)
+
+
+class FastForward:
+    """Completion-only chunked log-probs over prefix-shared, packed rows."""
+
+    name = "fast"
+
+    def __init__(self, pad_token_id: int = 0, *, chunked: bool = True, chunk_size: int = 512,
+                 prefix_sharing: bool = True, packing: bool = True,
+                 max_tokens_per_row: Optional[int] = None, probe: bool = True,
+                 log: Callable[[str], None] = print):
+        if chunk_size < 1:
+            raise ValueError(f"logps_chunk_size must be >= 1, got {chunk_size}")
+        self.padded = PaddedForward(pad_token_id)
+        self.pad_token_id = pad_token_id
+        self.chunked, self.chunk_size = chunked, chunk_size
+        self.prefix_sharing, self.packing = prefix_sharing, packing
+        self.max_tokens_per_row = max_tokens_per_row
+        self.probe, self.log = probe, log
+        self._support: dict[int, Support] = {}
+
+    # -- the station -----------------------------------------------------------------
+    def __call__(self, model: torch.nn.Module, pairs: Sequence[TokenizedPair],
+                 device: torch.device) -> SequenceLogps:
+        support = self._support.get(id(model))
+        if support is None:
+            support = self._support[id(model)] = self.check(model, pairs, device)
+        if not (support.chunked or support.custom_mask):
+            return self.padded(model, pairs, device)
+        return self.run(model, pairs, device, support.chunked, support.custom_mask)
+
+    def run(self, model, pairs: Sequence[TokenizedPair], device: torch.device,
+            chunked: bool, custom_mask: bool) -> SequenceLogps:
+        inner = unwrap(model)
+        config = getattr(inner, "config", None)
+        custom = custom_mask and (self.prefix_sharing or self.packing)
+        if custom and (window := sliding_window(config)) is not None:
+            # Our mask replaces the model's sliding-window mask: exact only while every
+            # sequence fits in the window; longer batches take plain rows.
+            longest = max(len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids))
+                          for p in pairs)
+            custom = longest < window
+        layout = build_layout(pairs, self.pad_token_id,
+                              prefix_sharing=custom and self.prefix_sharing,
+                              packing=custom and self.packing,
+                              max_tokens_per_row=self.max_tokens_per_row)
+        kwargs = {"input_ids": layout.input_ids.to(device), "use_cache": False}
+        if custom:
+            dtype = next(inner.parameters()).dtype
+            kind = MASKABLE_ATTENTION[config._attn_implementation]
+            kwargs["attention_mask"] = attention_mask(layout, kind, dtype, device)
+            kwargs["position_ids"] = layout.position_ids.to(device)
+        else:
+            kwargs["attention_mask"] = layout.padding_mask().to(device)
+            kwargs.update(model_forward_kwargs(model))
+        index, targets = layout.score_index.to(device), layout.targets.to(device)
+        if chunked:
+            # Only the final hidden state is kept; no logits are built (empty keep list).
+            outputs = model(**kwargs, output_hidden_states=[-1],
+                            logits_to_keep=torch.zeros(0, dtype=torch.long, device=device))
+            hidden = outputs.hidden_states[-1]
+            hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index)
+            # FSDP / ZeRO-3: the head weight is sharded here, outside the wrapped forward;
+            # see ChunkedTokenLogps's docstring for where the call must move then.
+            head = inner.get_output_embeddings()
+            logps = chunked_token_logps(hidden, head.weight, head.bias, targets,
+                                        self.chunk_size, head_transform(config))
+        else:
+            outputs = model(**kwargs)
+            logits = outputs.logits
+            picked = logits.reshape(-1, logits.shape[-1]).index_select(0, index)
+            logps = torch.log_softmax(picked.float(), -1).gather(-1, targets[:, None])[:, 0]
+        chosen, chosen_mask, rejected, rejected_mask = scatter_completions(logps, layout)
+        return SequenceLogps(chosen, chosen_mask, rejected, rejected_mask,
+                             aux_loss=getattr(outputs, "aux_loss", None))
+
+    # -- what this model supports ----------------------------------------------------
+    def check(self, model, pairs: Sequence[TokenizedPair], device: torch.device) -> Support:
+        """Static checks, then (``probe``) a few-token comparison with PaddedForward."""
+        wanted_mask = self.prefix_sharing or self.packing
+        support = static_support(model, self.chunked, wanted_mask)
+        notes = list(support.notes)
+        chunked, custom = support.chunked, support.custom_mask
+        if self.probe and (chunked or custom):
+            probe = probe_pairs(pairs)
+            was_training = model.training
+            model.eval()  # dropout (if enabled) would make the two passes differ
+            try:
+                with torch.no_grad():
+                    expected = self.padded(model, probe, device)
+                    if chunked:
+                        problem = self._mismatch(model, probe, device, expected, True, False)
+                        if problem:
+                            chunked = False
+                            notes.append(f"chunked_logps off: {problem}")
+                    if custom:
+                        problem = self._mismatch(model, probe, device, expected, chunked, True)
+                        if problem:
+                            custom = False
+                            notes.append(f"prefix_sharing/packing off: {problem}")
+            finally:
+                model.train(was_training)
+        name = type(unwrap(model)).__name__
+        for note in notes:
+            self.log(f"fast forward ({name}): {note}")
+        if (self.chunked or wanted_mask) and not (chunked or custom):
+            self.log(f"fast forward ({name}): falling back to PaddedForward")
+        return Support(chunked, custom, tuple(notes))
+
+    def _mismatch(self, model, probe, device, expected: SequenceLogps, chunked: bool,
+                  custom: bool) -> Optional[str]:
+        try:
+            got = self.run(model, probe, device, chunked, custom)
+        except Exception as error:  # noqa: BLE001 - any failure means "not supported"
+            return f"probe failed ({type(error).__name__}: {str(error).splitlines()[0][:120]})"
+        dtype = next(unwrap(model).parameters()).dtype
+        tolerance = PROBE_TOLERANCE.get(dtype, 0.25)
+        worst = max(float((got.chosen - expected.chosen).abs().max()),
+                    float((got.rejected - expected.rejected).abs().max()))
+        if not worst <= tolerance:  # also catches NaN
+            return f"probe differs from PaddedForward by {worst:.3g} (tolerance {tolerance:g})"
+        return None
+
+
+def probe_pairs(pairs: Sequence[TokenizedPair]) -> list[TokenizedPair]:
+    """Two short pairs cut from the batch (real token ids, ragged lengths)."""
+    first, second = pairs[0], pairs[-1]
+    return [TokenizedPair(-1, first.prompt_ids[:4], first.chosen_ids[:3], first.rejected_ids[:2]),
+            TokenizedPair(-2, second.prompt_ids[:3], second.chosen_ids[:2],
+                          second.rejected_ids[:4])]
+
+
+def build_forward(config, tokenizer=None, log: Callable[[str], None] = print):
+    """The forward station a run's ``TrainingConfig`` asks for."""
+    t = config.training
+    pad = tokenizer.pad_token_id if tokenizer is not None and tokenizer.pad_token_id is not None else 0
+    if not (t.chunked_logps or t.prefix_sharing or t.packing):
+        return PaddedForward(pad)
+    return FastForward(pad, chunked=t.chunked_logps, chunk_size=t.logps_chunk_size,
+                       prefix_sharing=t.prefix_sharing, packing=t.packing,
+                       max_tokens_per_row=t.max_tokens_per_row, log=log)
