@@ -2,11 +2,10 @@
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 
-from conftest import HH_RLHF, ROOT, require
+from shared_paths import HH_RLHF, ROOT, require
 from preftune.cli import main
 from preftune.config import load_config
 from preftune.method import resolve_method

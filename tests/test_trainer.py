@@ -1,6 +1,5 @@
 """End-to-end behaviour of the loop on a tiny random Llama: accumulation, resume, saving."""
 
-import json
 
 import pytest
 import torch
@@ -103,10 +102,14 @@ def test_nll_metric_only_where_the_objective_has_one(tmp_path, tokenizer):
 
 
 def test_reference_free_objectives_build_no_reference(tmp_path, tokenizer):
-    assert make_trainer(tmp_path, tokenizer, "--method", "simpo").ref_model is None
+    from preftune.reference import ModelReference
+
+    assert make_trainer(tmp_path, tokenizer, "--method", "simpo").reference is None
     reference_based = make_trainer(tmp_path, tokenizer, "--method", "dpo", name="dpo")
-    assert reference_based.ref_model is not None
-    assert not any(p.requires_grad for p in reference_based.ref_model.parameters())
+    assert isinstance(reference_based.reference, ModelReference)
+    frozen = reference_based.reference.model
+    assert frozen is not reference_based.model
+    assert not any(p.requires_grad for p in frozen.parameters())
 
 
 def test_unpaired_kto_trains(tmp_path, tokenizer):

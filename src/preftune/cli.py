@@ -42,6 +42,12 @@ def cmd_train(argv: list[str]) -> int:
     parser.add_argument("--config", help="YAML recipe (flat keys, or grouped by section)")
     known, rest = parser.parse_known_args(argv)
     config = load_config(known.config, rest)
+    if config.training.rounds > 1:
+        from preftune.rounds import train_rounds
+
+        train_rounds(config)
+        print(f"saved to {config.training.output_dir} (one folder per round inside)")
+        return 0
     result = Trainer(config).train()
     print(f"saved to {result.output_dir}")
     return 0

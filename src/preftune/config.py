@@ -39,6 +39,21 @@ class ModelConfig:
     """A Jinja chat template (or a path to one) overriding the tokenizer's."""
     gradient_checkpointing: bool = False
     gradient_checkpointing_kwargs: Optional[dict] = None
+    precompute_ref_log_probs: bool = False
+    """Compute reference log-probs once before training, cache them on disk, and train
+    without a reference model in memory."""
+    ref_cache_dir: Optional[str] = None
+    """Where cached reference log-probs live; default ``~/.cache/preftune/reference``."""
+    use_peft: bool = False
+    """Train LoRA adapters (peft); the reference is the base model with adapters off."""
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_target_modules: Optional[Any] = "all-linear"
+    load_in_4bit: bool = False
+    """QLoRA: load the base weights in 4 bits (bitsandbytes, CUDA only)."""
+    merge_lora: bool = False
+    """Save the merged model instead of the adapter alone."""
 
 
 @dataclass
@@ -122,6 +137,9 @@ class TrainingConfig:
     save_total_limit: Optional[int] = None
     resume: bool = False
     """Continue from the newest checkpoint in ``output_dir``."""
+    rounds: int = 1
+    """Iterative training (iterative SamPO / DPO): split the data into this many parts; each
+    round trains on one, starting from the last round's policy, which is also its reference."""
     disable_dropout: bool = True
     router_aux_loss_coef: Optional[float] = None
     report_to: Optional[Any] = None

@@ -85,12 +85,18 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
 
 def load_model(name_or_path: str, dtype: torch.dtype = torch.float32,
                trust_remote_code: bool = False, attn_implementation: Optional[str] = None,
-               disable_dropout: bool = True):
+               disable_dropout: bool = True, load_in_4bit: bool = False):
     from transformers import AutoModelForCausalLM
 
     kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    if load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_use_double_quant=True)
     model = AutoModelForCausalLM.from_pretrained(resolve_model_path(name_or_path), **kwargs)
     if disable_dropout:
         disable_dropout_in(model)

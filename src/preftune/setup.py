@@ -9,7 +9,6 @@ import math
 from pathlib import Path
 from typing import Callable
 
-import torch
 
 from preftune.config import Config, TrainingConfig, dump_config
 from preftune.model_io import load_model, load_tokenizer, parse_dtype
@@ -53,7 +52,8 @@ def build_model(config: Config, accelerator):
     model = load_model(m.model_name_or_path, parse_dtype(m.torch_dtype, accelerator.device),
                        trust_remote_code=m.trust_remote_code,
                        attn_implementation=m.attn_implementation,
-                       disable_dropout=config.training.disable_dropout)
+                       disable_dropout=config.training.disable_dropout,
+                       load_in_4bit=m.load_in_4bit)
     if m.gradient_checkpointing:
         model.gradient_checkpointing_enable(
             gradient_checkpointing_kwargs=m.gradient_checkpointing_kwargs or {"use_reentrant": False})
@@ -61,22 +61,65 @@ def build_model(config: Config, accelerator):
     return model
 
 
-def build_reference(config: Config, policy, accelerator):
-    """The frozen reference: ``ref_model`` if given, else a copy of the starting policy."""
+def wrap_lora(model, m):
+    try:
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    except ImportError as error:
+        raise ImportError("use_peft needs `pip install peft` (or preftune[peft])") from error
+    if m.load_in_4bit:
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=m.gradient_checkpointing)
+    lora = LoraConfig(r=m.lora_r, lora_alpha=m.lora_alpha, lora_dropout=m.lora_dropout,
+                      target_modules=m.lora_target_modules, task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def build_reference_source(trainer, ref_model=None):
+    """Reference log-probs for a reference-based objective, in the cheapest form the run
+    allows: the policy with adapters off (LoRA), else a frozen model (``ref_model`` or a
+    copy of the starting policy); with ``precompute_ref_log_probs`` computed once from that
+    source and cached on disk, after which the model is released."""
+    from preftune.distributed import prepare_reference
+    from preftune.reference import AdapterReference, ModelReference
+
+    config, acc = trainer.config, trainer.accelerator
     m = config.model
-    if m.ref_model:
-        reference = load_model(m.ref_model, parse_dtype(m.torch_dtype, accelerator.device),
-                               trust_remote_code=m.trust_remote_code,
-                               attn_implementation=m.attn_implementation)
+    if ref_model is None and m.ref_model is None and is_peft_model(acc.unwrap_model(trainer.model)):
+        source = AdapterReference(trainer.model, trainer.forward, acc.unwrap_model, acc.autocast)
     else:
-        reference = copy.deepcopy(policy)
-    reference.eval()
-    reference.requires_grad_(False)
-    return reference
+        if ref_model is None:
+            if m.ref_model:
+                ref_model = load_model(m.ref_model, parse_dtype(m.torch_dtype, acc.device),
+                                       trust_remote_code=m.trust_remote_code,
+                                       attn_implementation=m.attn_implementation)
+            else:
+                # Copied from the unwrapped starting policy, before any step.
+                ref_model = copy.deepcopy(acc.unwrap_model(trainer.model))
+        # Placed like the policy: sharded under FSDP2 / ZeRO-3 (preftune.distributed).
+        source = ModelReference(prepare_reference(acc, ref_model), trainer.forward, acc.autocast)
+    if m.precompute_ref_log_probs:
+        return build_reference_cache(trainer, source)
+    return source
 
 
-def place_reference(reference, accelerator):
-    return reference.to(accelerator.device)
+def is_peft_model(model) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+
+def build_reference_cache(trainer, source):
+    """Reference log-probs of every train and eval pair, from the on-disk cache when the
+    reference weights, tokenizer and pairs are unchanged."""
+    from preftune.model_io import cache_dir
+    from preftune.refcache import cached_reference
+
+    folder = trainer.config.model.ref_cache_dir or cache_dir() / "reference"
+    acc = trainer.accelerator
+    return cached_reference(
+        source, trainer.tokenizer, list(trainer.train_pairs) + list(trainer.eval_pairs),
+        device=acc.device, batch_size=trainer.config.training.per_device_eval_batch_size,
+        cache_dir=folder, log=trainer.log,
+        progress=trainer.config.training.progress_bar and acc.is_local_main_process,
+        is_main=acc.is_main_process, barrier=acc.wait_for_everyone)
 
 
 def build_scheduler(t: TrainingConfig, optimizer, total_steps: int):
@@ -105,7 +148,11 @@ def save_final(trainer, final_metrics: dict) -> Path:
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         model = acc.unwrap_model(trainer.model)
-        model.save_pretrained(out, state_dict=state_dict, safe_serialization=True)
+        if is_peft_model(model) and trainer.config.model.merge_lora:
+            model, state_dict = model.merge_and_unload(), None
+        # A peft model saves its adapter alone (adapter_model.safetensors + config).
+        model.save_pretrained(out, state_dict=None if is_peft_model(model) else state_dict,
+                              safe_serialization=True)
         trainer.tokenizer.save_pretrained(out)
         dump_config(trainer.config, out / "preftune_config.yaml")
         (out / "final_metrics.json").write_text(json.dumps(final_metrics, indent=2))

@@ -20,6 +20,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from preftune import distributed
 from preftune.batching import BatchPlan, eval_batches
 from preftune.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from preftune.config import Config
@@ -66,6 +67,7 @@ class Trainer:
         self.accelerator = accelerator or Accelerator(mixed_precision=self._mixed_precision())
         self.log = log or self.accelerator.print
         set_seed(t.seed)
+        distributed.configure(config, self.accelerator, self.log)
         self.output_dir = Path(t.output_dir)
         if config.ignored:
             self.log(f"ignored keys (no effect in preftune): {', '.join(config.ignored)}")
@@ -78,10 +80,8 @@ class Trainer:
                                                         log=self.log)
         self.train_pairs, self.eval_pairs = train_pairs, eval_pairs or []
         self.model = model if model is not None else setup.build_model(config, self.accelerator)
-        self.ref_model = None
-        if self.method.needs_reference:
-            self.ref_model = ref_model or setup.build_reference(config, self.model,
-                                                                self.accelerator)
+        if config.model.use_peft and not setup.is_peft_model(self.model):
+            self.model = setup.wrap_lora(self.model, config.model)
         self.forward = forward or build_forward(config, self.tokenizer, log=self.log)
 
         world = self.accelerator.num_processes
@@ -97,13 +97,15 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             [p for p in self.model.parameters() if p.requires_grad], lr=t.learning_rate,
             betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon, weight_decay=t.weight_decay)
+        self.model, self.optimizer, ref_model = distributed.prepare(self, ref_model)
+        # On the prepared optimizer: under DeepSpeed it may be another object (CPU Adam).
         self.scheduler = setup.build_scheduler(t, self.optimizer, self.total_steps)
-        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         # The schedule counts optimizer steps itself; accelerate's scheduler wrapper would
         # step once per process. It is registered so checkpoints still hold its state.
         self.accelerator.register_for_checkpointing(self.scheduler)
-        if self.ref_model is not None:
-            self.ref_model = setup.place_reference(self.ref_model, self.accelerator)
+        # A callable (pairs, device) -> reference log-probs, or None (preftune.reference).
+        self.reference = (setup.build_reference_source(self, ref_model)
+                          if self.method.needs_reference else None)
         self.step = 0
 
     def _mixed_precision(self) -> str:
@@ -116,10 +118,7 @@ class Trainer:
     def batch_output(self, pairs: Sequence[TokenizedPair], step: int):
         device = self.accelerator.device
         policy = self.forward(self.model, pairs, device)
-        reference = None
-        if self.ref_model is not None:
-            with torch.no_grad(), self.accelerator.autocast():
-                reference = self.forward(self.ref_model, pairs, device).detach()
+        reference = self.reference(pairs, device) if self.reference is not None else None
         labels = None
         if not self.method.objective.paired:
             labels = torch.tensor([bool(p.label) for p in pairs], device=device)
@@ -148,7 +147,7 @@ class Trainer:
         self.model.train()
         for k, pairs in enumerate(micro):
             last = k == len(micro) - 1
-            with contextlib.nullcontext() if last else acc.no_sync(self.model):
+            with contextlib.nullcontext() if last else distributed.accumulating(acc, self.model):
                 output, aux = self.batch_output(pairs, self.step)
                 loss = step_loss(output, examples_in_step=examples,
                                  nll_tokens_in_step=nll_tokens, aux_loss=aux,

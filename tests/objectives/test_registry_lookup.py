@@ -8,7 +8,6 @@ import re
 import pytest
 
 from preftune.errors import ConfigError
-import torch
 
 from objective_fixtures import random_batch, sequence_logps
 from preftune.objectives import REGISTRY, Objective, compute_objective, get_objective

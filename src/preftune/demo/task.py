@@ -1,15 +1,16 @@
-"""The demo task: times-table and unit-conversion questions a program can check.
+"""The demo task: times-table and metric-conversion questions a program can check.
 
-Why this task: SmolLM2-135M-Instruct knows most of these facts (forced to start its reply
-with "7 times 8 is", it completes the product correctly about 9 times in 10) but, asked
-plainly, it rambles ("To find 7 times 8, we can use the formula ... 7 * 8 = 54") and lands
-on a wrong number most of the time. A preference set that prefers a short, fixed-format
-answer over a rambling or off-by-a-row one moves it from the first behaviour to the second
-in a few dozen steps, which is what `preftune demo` has to show on a CPU.
+Why this task: SmolLM2-135M-Instruct knows most of the times table up to 10 (made to start
+its reply with "7 times 8 is", it completes the product correctly about 9 times in 10)
+but, asked plainly, it rambles ("To find 7 times 8, we can use the formula ... 7 * 8 = 54")
+and lands on a wrong number most of the time. On metric conversions it makes one
+systematic slip: "47 kilograms = 47 x 1000 = 4700 grams", a zero short. A preference set
+that prefers a short, fixed-format, correct answer over a rambling one or over that slip
+fixes both in a few dozen steps, which is what `preftune demo` has to show on a CPU.
 
-Held-out means unseen facts: the items (a times-table pair in either order, a unit pair
-with a count) are split before any phrasing or wrong answer is drawn, so no evaluation
-fact, nor its commuted form, appears in the training pairs.
+Held-out means unseen facts: items (a times-table pair in either order; a unit with a
+count) are split before any phrasing or wrong answer is drawn, so no evaluation fact, nor
+its commuted form, appears in the training pairs.
 """
 
 from __future__ import annotations
@@ -20,16 +21,18 @@ import re
 from pathlib import Path
 from typing import Optional
 
-# (unit asked for, unit given, factor). Factors the model can multiply by a small count.
+FACTORS = range(2, 11)  # times table 2..10; the model's recall of 11 and 12 is poor
+# (unit asked for, unit given, factor): powers of ten, so the rule ("append the zeros")
+# holds for any count and held-out counts test it, not memory.
 UNITS = [
-    ("days", "weeks", 7), ("feet", "yards", 3), ("inches", "feet", 12),
-    ("minutes", "hours", 60), ("seconds", "minutes", 60), ("hours", "days", 24),
-    ("centimeters", "meters", 100), ("meters", "kilometers", 1000),
-    ("grams", "kilograms", 1000), ("months", "years", 12), ("quarts", "gallons", 4),
-    ("millimeters", "centimeters", 10),
+    ("centimeters", "meters", 100), ("millimeters", "meters", 1000),
+    ("meters", "kilometers", 1000), ("grams", "kilograms", 1000),
+    ("milliliters", "liters", 1000), ("millimeters", "centimeters", 10),
+    ("cents", "dollars", 100),
 ]
-FACTORS = range(2, 13)  # times table 2..12
-COUNTS = range(2, 13)   # unit conversion counts
+COUNTS = range(2, 100)
+TIMES_EVAL_SHARE = 0.4  # of the 45 times-table pairs
+CONVERT_EVAL_ITEMS = 64  # of the 686 unit-count items
 
 TIMES_QUESTIONS = ["What is {a} times {b}?", "What is {a} x {b}?", "Multiply {a} by {b}.",
                    "What is {a} * {b}?", "Compute {a} times {b}."]
@@ -58,34 +61,34 @@ CONVERT_RAMBLE = [
 ]
 
 
-def all_items() -> list[dict]:
-    """Every fact the task can ask about, as a group of question records (one per order)."""
-    items = []
-    for a in FACTORS:
-        for b in FACTORS:
-            if a <= b:
-                orders = [(a, b)] if a == b else [(a, b), (b, a)]
-                items.append({"kind": "times", "orders": orders, "value": a * b})
-    for small, big, factor in UNITS:
-        for n in COUNTS:
-            items.append({"kind": "convert", "small": small, "big": big, "factor": factor,
-                          "n": n, "value": n * factor})
-    return items
+def all_items() -> dict[str, list[dict]]:
+    """Every fact the task can ask about, by kind; a times item holds both orders."""
+    times = [{"kind": "times", "orders": [(a, b)] if a == b else [(a, b), (b, a)],
+              "value": a * b}
+             for a in FACTORS for b in FACTORS if a <= b]
+    convert = [{"kind": "convert", "small": small, "big": big, "factor": factor, "n": n,
+                "value": n * factor}
+               for small, big, factor in UNITS for n in COUNTS]
+    return {"times": times, "convert": convert}
 
 
-def split_items(seed: int = 0, eval_fraction: float = 0.35) -> tuple[list[dict], list[dict]]:
-    """Disjoint (train, eval) item lists; the split is per fact, before phrasing."""
-    items = all_items()
-    random.Random(seed).shuffle(items)
-    cut = int(len(items) * eval_fraction)
-    return items[cut:], items[:cut]
+def split_items(seed: int = 0) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
+    """Disjoint (train, eval) items by kind; the split is per fact, before phrasing."""
+    rng = random.Random(seed)
+    train, held_out = {}, {}
+    for kind, items in all_items().items():
+        items = list(items)
+        rng.shuffle(items)
+        cut = round(len(items) * TIMES_EVAL_SHARE) if kind == "times" else CONVERT_EVAL_ITEMS
+        held_out[kind], train[kind] = items[:cut], items[cut:]
+    return train, held_out
 
 
 def _wrong_answers(item: dict) -> list[tuple[int, int]]:
     """Plausible mistakes as (wrong value, factor shown in the working): a neighbouring row
-    of the table or the sum instead of the product; for conversions a factor off by one,
-    an arithmetic slip with the right factor, or the count copied through unchanged (the
-    base model's favourite)."""
+    of the table or the sum instead of the product; for conversions the zero-short slip
+    the base model makes, a zero too many, the neighbouring power of ten, or the count
+    copied through unchanged."""
     value = item["value"]
     if item["kind"] == "times":
         a, b = item["orders"][0]
@@ -93,10 +96,10 @@ def _wrong_answers(item: dict) -> list[tuple[int, int]]:
                                   value + 2, value - 2, value + 10)]
     else:
         n, factor = item["n"], item["factor"]
-        wrong = [(n * (factor + 1), factor + 1), (n * (factor - 1), factor - 1),
-                 ((n + 1) * factor, factor), ((n - 1) * factor, factor),
-                 (value * 10, factor), (n, 1)]
-    return sorted({(w, f) for w, f in wrong if w != value and w > 0})
+        wrong = [(value // 10, factor), (value // 10, factor), (value * 10, factor),
+                 (n * factor // 10, factor // 10), (n * factor * 10, factor * 10), (n, 1)]
+    # The zero-short slip is listed twice: it is the one the model makes most.
+    return [(w, f) for w, f in wrong if w != value and w > 0]
 
 
 def question_records(item: dict, rng: random.Random) -> list[dict]:
@@ -132,23 +135,27 @@ def pair_for(record: dict, item: dict, rng: random.Random, ramble_share: float =
             "rejected": [{"role": "assistant", "content": rejected}]}
 
 
-def make_pairs(n: int, seed: int = 0, split_seed: int = 0) -> list[dict]:
-    """``n`` conversational preference rows drawn from the training facts only."""
-    train_items, _ = split_items(split_seed)
+def make_pairs(n: int, seed: int = 0, split_seed: int = 0,
+               ramble_share: float = 0.5) -> list[dict]:
+    """``n`` conversational preference rows from the training facts only, half of each
+    kind (there are far more conversion items than times-table pairs)."""
+    train, _ = split_items(split_seed)
     rng = random.Random(seed)
     rows = []
-    while len(rows) < n:
-        item = rng.choice(train_items)
+    for i in range(n):
+        kind = ("times", "convert")[i % 2]
+        item = rng.choice(train[kind])
         record = rng.choice(question_records(item, rng))
-        rows.append(pair_for(record, item, rng))
+        rows.append(pair_for(record, item, rng, ramble_share))
     return rows
 
 
 def eval_records(seed: int = 0, split_seed: int = 0) -> list[dict]:
-    """The held-out question records (every order of every evaluation fact)."""
-    _, eval_items = split_items(split_seed)
+    """The held-out question records (both orders of every held-out times-table pair)."""
+    _, held_out = split_items(split_seed)
     rng = random.Random(seed)
-    return [record for item in eval_items for record in question_records(item, rng)]
+    return [record for kind in ("times", "convert") for item in held_out[kind]
+            for record in question_records(item, rng)]
 
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")

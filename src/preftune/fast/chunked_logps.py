@@ -5,9 +5,9 @@ and autograd keeps that tensor (and its log-softmax) until the backward pass: at
 vocabulary and a few thousand tokens that is gigabytes, more than the model body needs.
 Here the head runs only on the hidden states that score a completion token, and
 :class:`ChunkedTokenLogps` fuses matmul + log-softmax + gather over ``chunk_size`` tokens
-at a time, saving only the inputs and one log-sum-exp per token; the backward pass
-recomputes each chunk's logits. Extra memory: one ``chunk x vocab`` block (plus its
-gradient), whatever the number of tokens. The same idea as Liger-Kernel's fused linear
+at a time, saving only its inputs; the backward pass recomputes each chunk's logits.
+Extra memory: one ``chunk x vocab`` block (plus its gradient), whatever the number of
+tokens. The same idea as Liger-Kernel's fused linear
 cross-entropy, written in plain PyTorch so it runs on CPU and GPU alike.
 
 Precision follows the plain path: the head's matmul runs in the model's (or autocast's)
@@ -66,11 +66,22 @@ def _chunk_logits(hidden, weight, bias, transform: HeadTransform):
     return logits, slope
 
 
+def chunk_bounds(tokens: int, chunk_size: int) -> list[tuple[int, int]]:
+    """``ceil(tokens / chunk_size)`` chunks of near-equal size (never above chunk_size).
+    Equal sizes instead of a short remainder: a matmul over a handful of rows takes a
+    different (GEMV-like) kernel on CPU, with a less accurate long vocab reduction in
+    backward than the plain path's one big matmul."""
+    count = max(1, -(-tokens // chunk_size))
+    edges = [tokens * i // count for i in range(count + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
 class ChunkedTokenLogps(torch.autograd.Function):
     """``out[i] = log_softmax(T(hidden[i] @ weight.T + bias))[targets[i]]``, chunked.
 
     Saved for backward: ``hidden [N, H]``, ``weight``/``bias`` (the parameters themselves,
-    no copy), ``targets [N]`` and ``log_sum_exp [N]``; never an ``[N, vocab]`` tensor.
+    no copy) and ``targets [N]``; never an ``[N, vocab]`` tensor. Each chunk's logits and
+    log-softmax are recomputed in backward (one more head matmul per token).
 
     FSDP / DeepSpeed ZeRO-3: ``weight`` must be the full (gathered) head weight while both
     passes run. Under those wrappers the head parameter is sharded outside the wrapped
@@ -85,24 +96,23 @@ class ChunkedTokenLogps(torch.autograd.Function):
         dtype = _compute_dtype(weight)
         device_type = hidden.device.type
         out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
-        log_sum_exp = torch.empty_like(out)
         w = weight.to(dtype)
         b = bias.to(dtype) if bias is not None else None
         # Casts are explicit above; autocast must not re-cast inside the chunk loop.
         with torch.autocast(device_type, enabled=False):
-            for start in range(0, hidden.shape[0], chunk_size):
-                stop = min(start + chunk_size, hidden.shape[0])
+            for start, stop in chunk_bounds(hidden.shape[0], chunk_size):
                 logits, _ = _chunk_logits(hidden[start:stop].to(dtype), w, b, transform)
-                lse = torch.logsumexp(logits, dim=-1)
-                log_sum_exp[start:stop] = lse
-                out[start:stop] = logits.gather(-1, targets[start:stop, None]).squeeze(-1) - lse
-        ctx.save_for_backward(hidden, weight, bias, targets, log_sum_exp)
+                # log_softmax, not logits - logsumexp: with logits near 30, the rounding
+                # of logsumexp is a shared error of every token's log-prob and softmax.
+                log_probs = torch.log_softmax(logits, dim=-1)
+                out[start:stop] = log_probs.gather(-1, targets[start:stop, None]).squeeze(-1)
+        ctx.save_for_backward(hidden, weight, bias, targets)
         ctx.chunk_size, ctx.transform, ctx.dtype = chunk_size, transform, dtype
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        hidden, weight, bias, targets, log_sum_exp = ctx.saved_tensors
+        hidden, weight, bias, targets = ctx.saved_tensors
         dtype, transform = ctx.dtype, ctx.transform
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
         w = weight.to(dtype)
@@ -115,13 +125,13 @@ class ChunkedTokenLogps(torch.autograd.Function):
             if need_bias else None
         grad_out = grad_out.float()
         with torch.autocast(hidden.device.type, enabled=False):
-            for start in range(0, hidden.shape[0], ctx.chunk_size):
-                stop = min(start + ctx.chunk_size, hidden.shape[0])
+            for start, stop in chunk_bounds(hidden.shape[0], ctx.chunk_size):
                 h = hidden[start:stop].to(dtype)
                 logits, slope = _chunk_logits(h, w, b, transform)
                 g = grad_out[start:stop, None]
-                # d/dlogits of (logits[target] - logsumexp) = onehot(target) - softmax.
-                grad_logits = torch.exp(logits - log_sum_exp[start:stop, None]).mul_(-g)
+                # d log_softmax(logits)[target] / d logits = onehot(target) - softmax,
+                # the softmax taken as exp(log_softmax) like autograd's own backward.
+                grad_logits = torch.log_softmax(logits, dim=-1).exp_().mul_(-g)
                 grad_logits.scatter_add_(-1, targets[start:stop, None], g)
                 if slope is not None:
                     grad_logits = grad_logits * slope

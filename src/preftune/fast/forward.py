@@ -22,6 +22,7 @@ gradient hooks and hidden-state capture work as in the plain path.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -112,14 +113,16 @@ class FastForward:
         self.prefix_sharing, self.packing = prefix_sharing, packing
         self.max_tokens_per_row = max_tokens_per_row
         self.probe, self.log = probe, log
-        self._support: dict[int, Support] = {}
+        # Per model object (policy, reference): decided on its first call.
+        self.support: "weakref.WeakKeyDictionary[torch.nn.Module, Support]" = \
+            weakref.WeakKeyDictionary()
 
     # -- the station -----------------------------------------------------------------
     def __call__(self, model: torch.nn.Module, pairs: Sequence[TokenizedPair],
                  device: torch.device) -> SequenceLogps:
-        support = self._support.get(id(model))
+        support = self.support.get(model)
         if support is None:
-            support = self._support[id(model)] = self.check(model, pairs, device)
+            support = self.support[model] = self.check(model, pairs, device)
         if not (support.chunked or support.custom_mask):
             return self.padded(model, pairs, device)
         return self.run(model, pairs, device, support.chunked, support.custom_mask)

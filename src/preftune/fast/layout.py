@@ -107,7 +107,7 @@ def pack_rows(lengths: Sequence[int], budget: Optional[int]) -> list[list[int]]:
     """First-fit decreasing: unit indices per row, each row's total <= budget (a unit
     longer than the budget gets a row of its own). ``budget=None`` packs up to the longest
     unit, so no row is wider than the padded layout's."""
-    cap = max(max(lengths), budget or 0)
+    cap = budget or max(lengths)
     rows: list[list[int]] = []
     room: list[int] = []
     for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
@@ -148,7 +148,8 @@ def build_layout(pairs: Sequence[TokenizedPair], pad_token_id: int, *,
             scores += [(r * width + column + s, t, side, u["pair"], k)
                        for s, t, side, k in u["scores"]]
             column += n
-    index, targets, side, pair, token = torch.tensor(scores, dtype=torch.long).unbind(-1)
+    columns = torch.tensor(scores, dtype=torch.long).reshape(-1, 5)  # [] if nothing is scored
+    index, targets, side, pair, token = columns.unbind(-1)
     return Layout(input_ids, position_ids, unit_ids, branches, index, targets, side, pair,
                   token, num_pairs=len(pairs),
                   chosen_width=max(len(p.chosen_ids) for p in pairs),

@@ -1,0 +1,266 @@
+"""Step time, tokens/s and peak memory: preftune (padded / fast forward) vs TRL, SmolLM2.
+
+    pip install -e '.[bench,smollm2]'
+    python bench/preference_bench.py                      # everything -> docs/benchmarks.md
+    python bench/preference_bench.py --steps 3 --methods simpo --impls fast trl
+
+Every run is its own process (``... worker --impl fast --method simpo``), so each peak RSS
+is that run's alone. Same rows, same order, same batch (8 pairs), max_length 512, fp32,
+AdamW, on CPU unless a GPU is there. TRL 1.16's CPO and DPO trainers never cut the prompt
+(a prompt that fills max_length leaves an empty completion and a NaN loss), so the rows are
+the first ones of the file whose prompt has <= 256 tokens (preftune's max_prompt_length)
+and whose prompt + longer completion has <= 512: neither trainer truncates anything and
+both see the same tokens. The first step of each run is warm-up and is not timed.
+
+Tokens/step counts the prompt once per completion, no padding (preftune.trainer.
+count_tokens): the same number for every implementation. "Useful" FLOP/s is
+(6 + 2 if a reference pass) x parameters x tokens / step time, the work a plain trainer
+does (attention score FLOPs ignored); its fraction of a measured big fp32 matmul rate
+says how close each run gets to what the machine can do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from measure import PeakRSS, machine, matmul_flops, wait_for_memory  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
+MAX_LENGTH, MAX_PROMPT = 512, 256
+TRL_METHODS = {"simpo": ("CPO", {"loss_type": "simpo", "cpo_alpha": 0.0}),
+               "cpo-simpo": ("CPO", {"loss_type": "simpo", "cpo_alpha": 0.05}),
+               "dpo": ("DPO", {})}
+
+
+# -- shared by every run -----------------------------------------------------------------
+def bench_rows(tokenizer, count: int) -> list[dict]:
+    """The first ``count`` rows (prompt / chosen / rejected strings) that fit untruncated."""
+    from preftune.data import normalize_rows, read_file, tokenize_rows
+
+    _, rows = normalize_rows(read_file(DATA)[:count * 4], errors=[])  # bad rows skipped
+    rows = [{"prompt": r.prompt, "chosen": r.chosen, "rejected": r.rejected} for _, r in rows]
+    pairs, _ = tokenize_rows(rows, tokenizer, max_length=10**6, max_prompt_length=None)
+    fits = [rows[p.example_id] for p in pairs if len(p.prompt_ids) <= MAX_PROMPT
+            and len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) <= MAX_LENGTH]
+    if len(fits) < count:
+        raise SystemExit(f"only {len(fits)} rows fit; lower --steps")
+    return fits[:count]
+
+
+# -- one run (a child process) ------------------------------------------------------------
+def preftune_run(args, tokenizer, rows) -> dict:
+    from preftune.batching import BatchPlan
+    from preftune.config import load_config
+    from preftune.data import tokenize_rows
+    from preftune.metrics import MetricWindow, total_loss
+    from preftune.model_io import load_model
+    from preftune.trainer import Trainer, count_tokens
+
+    pairs, _ = tokenize_rows(rows, tokenizer, max_length=MAX_LENGTH, max_prompt_length=MAX_PROMPT)
+    switches = ["true" if args.impl == "fast" else "false"] * 3
+    if args.vocab:  # a random model with SmolLM2's body and another vocabulary size
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        from preftune.model_io import bundled_smollm2
+
+        config = AutoConfig.from_pretrained(bundled_smollm2(), vocab_size=args.vocab)
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config).float()
+        for p in pairs:
+            for ids in (p.prompt_ids, p.chosen_ids, p.rejected_ids):
+                ids[:] = [i % args.vocab for i in ids]
+    else:
+        model = load_model("smollm2")
+    config = load_config(None, [
+        "--method", args.method, "--per_device_train_batch_size", str(args.batch),
+        "--max_steps", str(args.steps), "--learning_rate", "1e-6", "--progress_bar", "false",
+        "--do_eval", "false", "--output_dir", tempfile.mkdtemp(), "--bf16", "false",
+        "--chunked_logps", switches[0], "--prefix_sharing", switches[1],
+        "--packing", switches[2]])
+    trainer = Trainer(config, model=model, tokenizer=tokenizer, train_pairs=pairs,
+                      log=lambda line: print(line, file=sys.stderr))
+    trainer.plan = BatchPlan(len(pairs), args.batch, 1, 1, 0, shuffle=False)
+    times, losses, tokens = [], [], []
+    memory = PeakRSS().start()
+    for step in range(args.steps):
+        window = MetricWindow()
+        start = time.perf_counter()
+        trainer.train_step(window)
+        times.append(time.perf_counter() - start)
+        means = window.means(lambda t: t)
+        losses.append(total_loss(means, trainer.method.nll_weight))
+        tokens.append(count_tokens(pairs[step * args.batch:(step + 1) * args.batch]))
+    return {"times": times, "losses": losses, "tokens": tokens, "peak_rss": memory.stop(),
+            "baseline_rss": memory.baseline, "params": sum(p.numel() for p in model.parameters())}
+
+
+def trl_run(args, tokenizer, rows) -> dict:
+    import trl
+    from datasets import Dataset
+    from torch.utils.data import SequentialSampler
+    from transformers import TrainerCallback
+
+    from preftune.config import MethodConfig
+    from preftune.method import resolve_method
+    from preftune.model_io import bundled_smollm2
+
+    kind, extra = TRL_METHODS[args.method]
+    hparams = resolve_method(MethodConfig(method=args.method)).hparams
+    # TRL 1.16 turns gradient checkpointing on by default; preftune's default is off. The
+    # "trl" runs use preftune's setting; "trl-gc" keeps TRL's default.
+    common = dict(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=args.batch,
+                  gradient_checkpointing=args.impl == "trl-gc",
+                  max_steps=args.steps, learning_rate=1e-6, max_length=MAX_LENGTH,
+                  logging_steps=1, report_to="none", save_strategy="no", bf16=False,
+                  use_cpu=not torch.cuda.is_available(), disable_tqdm=True,
+                  beta=hparams["beta"],
+                  model_init_kwargs={"dtype": torch.float32})
+    if kind == "CPO":
+        from trl.experimental.cpo import CPOConfig, CPOTrainer as Base
+
+        config = CPOConfig(**common, simpo_gamma=hparams["gamma"], **extra)
+    else:
+        Base, config = trl.DPOTrainer, trl.DPOConfig(**common)
+
+    class Sequential(Base):  # the same batches, in the same order, as preftune's run
+        def _get_train_sampler(self, *unused, **unused_kw):
+            return SequentialSampler(self.train_dataset)
+
+    times, losses = [], []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, *unused, **unused_kw):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, *unused, **unused_kw):
+            times.append(time.perf_counter() - self.start)
+
+        def on_log(self, _args, _state, _control, logs=None, **unused):
+            if logs and "loss" in logs:
+                losses.append(float(logs["loss"]))
+
+    trainer = Sequential(model=str(bundled_smollm2()), args=config, processing_class=tokenizer,
+                         train_dataset=Dataset.from_list(rows), callbacks=[Clock()])
+    data = trainer.train_dataset
+    if "chosen_input_ids" in data.column_names:  # CPO: prompt + completion per side
+        tokens = [len(c) + len(r) for c, r in zip(data["chosen_input_ids"],
+                                                  data["rejected_input_ids"])]
+    else:
+        tokens = [2 * len(p) + len(c) + len(r) for p, c, r in zip(
+            data["prompt_ids"], data["chosen_ids"], data["rejected_ids"])]
+    memory = PeakRSS().start()
+    trainer.train()
+    step_tokens = [sum(tokens[i:i + args.batch]) for i in range(0, len(tokens), args.batch)]
+    return {"times": times, "losses": losses, "tokens": step_tokens[:args.steps],
+            "peak_rss": memory.stop(), "baseline_rss": memory.baseline,
+            "params": sum(p.numel() for p in trainer.model.parameters()),
+            "trl_version": trl.__version__}
+
+
+def worker(args) -> None:
+    from preftune.model_io import load_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = load_tokenizer("smollm2")
+    rows = bench_rows(tokenizer, args.batch * args.steps)
+    result = (trl_run if args.impl.startswith("trl") else preftune_run)(args, tokenizer, rows)
+    result["load_average"] = os.getloadavg()[0]  # other jobs on a shared machine
+    Path(args.json).write_text(json.dumps(result))
+
+
+# -- the whole benchmark ------------------------------------------------------------------
+def child(json_dir: Path, name: str, need_gib: float, patience: float, *options: str) -> dict:
+    out = json_dir / f"{name}.json"
+    command = [sys.executable, __file__, "worker", "--json", str(out), *options]
+    print("$", " ".join(command[1:]), flush=True)
+    if out.exists():  # --json-dir of an interrupted benchmark: keep what it measured
+        return json.loads(out.read_text())
+    if not wait_for_memory(need_gib * 2**30, patience):
+        return {"error": f"skipped: {need_gib:.0f} GiB of free memory never became available"}
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode:
+        print(done.stderr[-3000:], flush=True)
+        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr else "failed"}
+    result = json.loads(out.read_text())
+    print("  ", {k: v for k, v in result.items() if k != "params"}, flush=True)
+    return result
+
+
+def summary(result: dict, reference_pass: bool) -> dict:
+    timed = slice(1, None) if len(result["times"]) > 1 else slice(None)
+    seconds = sum(result["times"][timed]) / len(result["times"][timed])
+    tokens = sum(result["tokens"][timed]) / len(result["tokens"][timed])
+    flops = (8 if reference_pass else 6) * result["params"] * tokens / seconds
+    baseline = result.get("baseline_rss", float("nan"))
+    return {"step_s": seconds, "tokens_s": tokens / seconds, "flops": flops,
+            "peak_gib": result["peak_rss"] / 2**30, "losses": result["losses"],
+            "growth_gib": (result["peak_rss"] - baseline) / 2**30,
+            "load": result.get("load_average", float("nan"))}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("mode", nargs="?", default="all", choices=["all", "worker"])
+    parser.add_argument("--impl", default="fast", choices=["padded", "fast", "trl", "trl-gc"])
+    parser.add_argument("--impls", nargs="+", default=["padded", "fast", "trl"])
+    parser.add_argument("--method", default="simpo", choices=list(TRL_METHODS))
+    parser.add_argument("--methods", nargs="+", default=list(TRL_METHODS))
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--vocab", type=int, default=0)
+    parser.add_argument("--vocabs", nargs="*", type=int, default=[32000, 128256])
+    parser.add_argument("--vocab-batch", type=int, default=2)
+    parser.add_argument("--json", default="")
+    parser.add_argument("--json-dir", default="", help="keep/reuse per-run results here")
+    parser.add_argument("--need-gib", type=float, default=13.5,
+                        help="free memory to wait for before a batch-8 SmolLM2 run")
+    parser.add_argument("--patience", type=float, default=3600.0)
+    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
+    args = parser.parse_args(argv)
+    if args.mode == "worker":
+        return worker(args)
+    from bench_report import write_report
+
+    json_dir = Path(args.json_dir or tempfile.mkdtemp(prefix="preftune-bench-"))
+    json_dir.mkdir(parents=True, exist_ok=True)
+    rate_before = matmul_flops()
+    runs = {}
+    for method in args.methods:
+        for impl in args.impls:
+            need = args.need_gib * args.batch / 8 * (0.5 if impl == "fast" else 1.0)
+            result = child(json_dir, f"{impl}-{method}", need, args.patience, "--impl", impl,
+                           "--method", method, "--steps", str(args.steps), "--batch",
+                           str(args.batch))
+            runs[(impl, method)] = result if "error" in result else summary(
+                result, method == "dpo")
+    for extra in sorted(json_dir.glob("trl-gc-*.json")):  # optional: TRL's own defaults
+        method = extra.stem[len("trl-gc-"):]
+        runs[("trl-gc", method)] = summary(json.loads(extra.read_text()), method == "dpo")
+    vocab_runs = {}
+    for vocab in args.vocabs:
+        for impl in ("padded", "fast"):
+            result = child(json_dir, f"{impl}-vocab{vocab}", 10.0, args.patience, "--impl",
+                           impl, "--method", "simpo", "--steps", "1", "--batch",
+                           str(args.vocab_batch), "--vocab", str(vocab))
+            vocab_runs[(impl, vocab)] = result if "error" in result else summary(result, False)
+    rate = max(rate_before, matmul_flops())
+    command = "python bench/preference_bench.py " + " ".join(sys.argv[1:])
+    write_report(Path(args.out), command=command.strip(), machine=machine(), matmul_rate=rate,
+                 runs=runs, vocab_runs=vocab_runs, steps=args.steps, batch=args.batch,
+                 vocab_batch=args.vocab_batch)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

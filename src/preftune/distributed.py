@@ -1,0 +1,159 @@
+"""What DDP, FSDP2 and DeepSpeed each need from the loop, kept out of the loop.
+
+    accelerate launch --config_file configs/accelerate/ddp.yaml -m preftune.cli train --config recipes/simpo.yaml
+    accelerate launch --config_file configs/accelerate/fsdp2.yaml -m preftune.cli train --config recipes/simpo.yaml
+    accelerate launch --config_file configs/accelerate/zero3.yaml -m preftune.cli train --config recipes/dpo.yaml
+
+(docs/distributed.md lists every config and the multi-node command.)
+
+The loop (trainer.py) is one loop for every backend: each micro-batch's loss is already its
+share of the whole step's loss over all ranks, and is multiplied by the number of processes
+before backward because DDP, FSDP and DeepSpeed all *average* gradients over ranks.
+preftune accumulates gradients itself (a backward per micro-batch, one step). What differs
+per backend is here:
+
+- DDP: the step's non-last micro-batches run under ``no_sync`` (no all-reduce).
+- FSDP2: the same through ``set_requires_gradient_sync(False)`` (no reduce-scatter); the
+  frozen reference is copied *before* the policy is sharded (a copy taken afterwards would
+  hold DTensor shards and FSDP hooks) and is sharded the same way.
+- DeepSpeed: accelerate's ``backward`` steps the engine whenever ``sync_gradients`` is true,
+  so the non-last micro-batches clear it (the engine then also treats them as
+  accumulation, not boundary, micro-steps). The engine's own ``gradient_accumulation_steps``
+  is forced to 1: it would divide the already normalised loss again. Micro-batch size and
+  clipping come from the preftune config. The reference goes through
+  ``deepspeed.initialize`` (ZeRO-3 partitions it; other stages get stage 0, i.e. only
+  DeepSpeed's dtype handling), as TRL does. Under ZeRO-3 the output head is partitioned
+  outside the module's forward, so ``chunked_logps`` (which applies the head itself) is
+  switched off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+from typing import Callable
+
+import torch
+
+
+def _types():
+    from accelerate.utils import DistributedType
+
+    return DistributedType
+
+
+def is_deepspeed(accelerator) -> bool:
+    return accelerator.distributed_type == _types().DEEPSPEED
+
+
+def zero_stage(accelerator) -> int:
+    if not is_deepspeed(accelerator):
+        return 0
+    return int(accelerator.state.deepspeed_plugin.deepspeed_config["zero_optimization"]["stage"])
+
+
+def is_fsdp(accelerator) -> bool:
+    return accelerator.distributed_type == _types().FSDP
+
+
+def configure(config, accelerator, log: Callable[[str], None] = print) -> None:
+    """Before any part is built: settings the backend needs from the preftune config."""
+    t = config.training
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and accelerator.num_processes == 1:
+        # Each process would train alone on the same data and write the same output_dir.
+        raise RuntimeError(
+            f"{launched} processes were launched but accelerate runs each alone: without GPUs, "
+            "set ACCELERATE_USE_CPU=true (ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 "
+            "-m preftune.cli train ...)")
+    # preftune normalises each micro-batch's loss itself; accelerate's backward would divide
+    # it again by its own accumulation count (which `accelerate launch` may set from YAML).
+    accelerator.gradient_accumulation_steps = 1
+    if is_deepspeed(accelerator):
+        ds = accelerator.state.deepspeed_plugin.deepspeed_config
+        if ds.get("gradient_accumulation_steps") not in (None, "auto", 1):
+            log(f"deepspeed gradient_accumulation_steps={ds['gradient_accumulation_steps']} "
+                f"replaced by 1: preftune accumulates {t.gradient_accumulation_steps} "
+                "micro-batches itself (gradient_accumulation_steps in the preftune config)")
+        ds["gradient_accumulation_steps"] = 1
+        ds["train_micro_batch_size_per_gpu"] = t.per_device_train_batch_size
+        ds["train_batch_size"] = t.per_device_train_batch_size * accelerator.num_processes
+        ds["gradient_clipping"] = t.max_grad_norm if t.max_grad_norm and t.max_grad_norm > 0 else 0.0
+    if zero_stage(accelerator) == 3 and t.chunked_logps:
+        t.chunked_logps = False
+        log("chunked_logps off under DeepSpeed ZeRO-3: the output head is partitioned outside "
+            "the model's forward")
+
+
+def needs_reference_copy(trainer, ref_model) -> bool:
+    """Whether the reference will be a copy of the starting policy (not a LoRA policy with
+    adapters off, not a separate ``ref_model``)."""
+    from preftune.setup import is_peft_model
+
+    m = trainer.config.model
+    return (trainer.method.needs_reference and ref_model is None and not m.ref_model
+            and not is_peft_model(trainer.model))
+
+
+def prepare(trainer, ref_model=None):
+    """``accelerator.prepare`` of the policy and optimizer. Returns ``(model, optimizer,
+    ref_model)``; under FSDP and DeepSpeed ``ref_model`` becomes a copy of the starting
+    policy taken before sharding (elsewhere it is copied later, from the prepared model, as
+    before)."""
+    acc = trainer.accelerator
+    if (is_fsdp(acc) or is_deepspeed(acc)) and needs_reference_copy(trainer, ref_model):
+        if any(hasattr(p, "ds_id") for p in trainer.model.parameters()):
+            raise ValueError(
+                "the policy was partitioned while loading (DeepSpeed zero3_init_flag), so no "
+                "whole copy of it can serve as the reference: set zero3_init_flag: false, or "
+                "ref_model, or precompute_ref_log_probs")
+        ref_model = copy.deepcopy(trainer.model)
+    model, optimizer = acc.prepare(trainer.model, trainer.optimizer)
+    return model, optimizer, ref_model
+
+
+def prepare_reference(accelerator, ref_model: torch.nn.Module) -> torch.nn.Module:
+    """Place the frozen reference the way the policy is placed (sharded where it is)."""
+    ref_model.eval().requires_grad_(False)
+    if is_fsdp(accelerator) and accelerator.is_fsdp2:
+        from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+
+        # Not accelerator.prepare_model: that would add the reference to the checkpoints.
+        return fsdp2_prepare_model(accelerator, ref_model).eval()
+    if is_deepspeed(accelerator):
+        return _deepspeed_reference(accelerator, ref_model)
+    # DDP, one device, and FSDP1: a whole copy on each device.
+    return ref_model.to(accelerator.device)
+
+
+def _deepspeed_reference(accelerator, ref_model: torch.nn.Module) -> torch.nn.Module:
+    import deepspeed
+
+    config = copy.deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config)
+    config.pop("optimizer", None)
+    config.pop("scheduler", None)
+    if config["zero_optimization"]["stage"] != 3:
+        # Nothing to partition without an optimizer: stage 0 keeps DeepSpeed's dtype casts.
+        config["zero_optimization"] = {"stage": 0}
+    engine, *_ = deepspeed.initialize(model=ref_model, config=config)
+    engine.eval()  # DeepSpeedEngine.eval() returns None
+    return engine
+
+
+@contextlib.contextmanager
+def accumulating(accelerator, model):
+    """Backward passes inside add to the local gradients: no cross-rank reduction and no
+    optimizer step. A step's last micro-batch runs outside it."""
+    if is_deepspeed(accelerator):
+        # accelerate's DeepSpeed backward calls engine.step() when sync_gradients is true.
+        state = accelerator.gradient_state
+        state._set_sync_gradients(False)
+        try:
+            yield
+        finally:
+            state._set_sync_gradients(True)
+    else:
+        with accelerator.no_sync(model):
+            yield
+

@@ -1,0 +1,146 @@
+"""The chunked head against the plain formula: values and gradients (hidden, weight, bias)
+over odd chunk sizes, logit scaling and soft-capping, float64/float32/bf16 and autocast;
+and what it keeps for backward: never a tokens x vocab tensor."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tiny import random_pairs, tiny_llama
+from preftune.fast import FastForward
+from preftune.fast.chunked_logps import HeadTransform, chunked_token_logps, plain_token_logps
+from preftune.forward import PaddedForward
+
+TOKENS, HIDDEN, VOCAB = 37, 16, 300
+
+
+def inputs(dtype=torch.float64, bias=True, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(TOKENS, HIDDEN, generator=generator, dtype=torch.float64)
+    weight = torch.randn(VOCAB, HIDDEN, generator=generator, dtype=torch.float64) * 0.5
+    b = torch.randn(VOCAB, generator=generator, dtype=torch.float64) if bias else None
+    targets = torch.randint(0, VOCAB, (TOKENS,), generator=generator)
+    upstream = torch.randn(TOKENS, generator=generator, dtype=torch.float64)
+    leaves = [t.to(dtype).requires_grad_() if t is not None else None for t in (hidden, weight, b)]
+    return leaves, targets, upstream
+
+
+def naive(hidden, weight, bias, targets, transform: HeadTransform):
+    """float64, one token at a time, the formula written out."""
+    out = []
+    for h, t in zip(hidden.double(), targets):
+        z = weight.double() @ h + (bias.double() if bias is not None else 0.0)
+        z = z * transform.scale
+        if transform.softcap is not None:
+            z = transform.softcap * torch.tanh(z / transform.softcap)
+        out.append(z[t] - torch.logsumexp(z, 0))
+    return torch.stack(out)
+
+
+def grads(fn, leaves, targets, upstream):
+    for leaf in leaves:
+        if leaf is not None:
+            leaf.grad = None
+    values = fn(*leaves, targets)
+    (values.double() * upstream).sum().backward()
+    return values.detach(), [leaf.grad.clone() if leaf is not None else None for leaf in leaves]
+
+
+TRANSFORMS = [HeadTransform(), HeadTransform(scale=0.25), HeadTransform(softcap=3.0),
+              HeadTransform(scale=2.0, softcap=5.0)]
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5, TOKENS, 100])
+@pytest.mark.parametrize("transform", TRANSFORMS)
+@pytest.mark.parametrize("bias", [True, False])
+def test_matches_the_naive_formula_in_float64(chunk_size, transform, bias):
+    leaves, targets, upstream = inputs(bias=bias)
+    got, got_grads = grads(lambda h, w, b, t: chunked_token_logps(h, w, b, t, chunk_size,
+                                                                  transform),
+                           leaves, targets, upstream)
+    expected, expected_grads = grads(lambda h, w, b, t: naive(h, w, b, t, transform),
+                                     leaves, targets, upstream)
+    assert got.dtype == torch.float32  # log-probs are float32 whatever the input dtype
+    assert torch.allclose(got.double(), expected, atol=1e-6)
+    for g, e in zip(got_grads, expected_grads):
+        assert (g is None) == (e is None)
+        if g is not None:
+            assert torch.allclose(g, e, atol=1e-6)
+
+
+def test_float32_matches_the_plain_path_within_1e_5():
+    leaves, targets, upstream = inputs(torch.float32)
+    got, got_grads = grads(lambda h, w, b, t: chunked_token_logps(h, w, b, t, 8), leaves,
+                           targets, upstream)
+    expected, expected_grads = grads(plain_token_logps, leaves, targets, upstream)
+    assert torch.allclose(got, expected, atol=1e-5)
+    for g, e in zip(got_grads, expected_grads):
+        assert torch.allclose(g, e, atol=1e-5)
+
+
+@pytest.mark.parametrize("how", ["bf16 weights", "cpu autocast"])
+def test_bf16_runs_the_matmul_in_bf16_and_the_softmax_in_float32(how):
+    """Same rounding as the plain path: bf16 logits, float32 log-softmax."""
+    dtype = torch.bfloat16 if how == "bf16 weights" else torch.float32
+    leaves, targets, upstream = inputs(dtype, bias=False)
+
+    def plain(h, w, b, t):
+        return torch.log_softmax(torch.nn.functional.linear(h, w).float(), -1).gather(
+            -1, t[:, None])[:, 0]
+
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=how == "cpu autocast"):
+        got, got_grads = grads(lambda h, w, b, t: chunked_token_logps(h, w, b, t, 6), leaves,
+                               targets, upstream)
+        expected, expected_grads = grads(plain, leaves, targets, upstream)
+    assert got.dtype == expected.dtype == torch.float32
+    assert torch.allclose(got, expected, atol=1e-5)  # identical bf16 logits per row
+    for g, e in zip(got_grads[:2], expected_grads[:2]):
+        assert g.dtype == e.dtype
+        assert torch.allclose(g.float(), e.float(), rtol=2e-2, atol=2e-2)
+
+
+def saved_tensor_sizes(fn, storages: list | None = None) -> list[torch.Size]:
+    shapes = []
+
+    def pack(tensor):
+        shapes.append(tensor.shape)
+        if storages is not None:
+            storages.append(tensor.untyped_storage().data_ptr())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        fn()
+    return shapes
+
+
+def test_saves_no_tokens_by_vocab_tensor():
+    leaves, targets, _ = inputs(torch.float32)
+    saved = saved_tensor_sizes(lambda: chunked_token_logps(*leaves, targets, chunk_size=4))
+    assert max(s.numel() for s in saved) == VOCAB * HIDDEN  # the head weight itself
+    # Besides the parameters themselves, nothing with a vocab dimension (no chunk x vocab).
+    with_vocab = [s for s in saved if VOCAB in s]
+    assert sorted(with_vocab) == [torch.Size([VOCAB]), torch.Size([VOCAB, HIDDEN])]
+    plain = saved_tensor_sizes(lambda: plain_token_logps(*leaves, targets))
+    assert torch.Size([TOKENS, VOCAB]) in plain  # the hook does see such tensors
+
+
+def test_fast_forward_keeps_no_logits_for_backward():
+    """Whole station on a tiny Llama: the padded path saves [rows, width, vocab] logits,
+    the fast path nothing with a vocab dimension but the (tied) embedding matrix itself."""
+    vocab = 2000
+    model = tiny_llama(vocab_size=vocab)
+    pairs = random_pairs(6, vocab=vocab, seed=1)
+    device = torch.device("cpu")
+    station = FastForward(0, chunk_size=16, log=lambda line: None)
+    station(model, pairs, device)  # first call: the no-grad probe, outside the hook
+    storages = []
+    fast = saved_tensor_sizes(lambda: station(model, pairs, device), storages)
+    padded = saved_tensor_sizes(lambda: PaddedForward(0)(model, pairs, device))
+    scored = sum(len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
+    weight = model.get_output_embeddings().weight.untyped_storage().data_ptr()
+    with_vocab = [(s, ptr) for s, ptr in zip(fast, storages) if vocab in s]
+    # The weight (and a transposed view of it, from the model's head applied to its empty
+    # logits_to_keep selection): no copies, no activations.
+    assert with_vocab and all(ptr == weight for _, ptr in with_vocab), with_vocab
+    assert max(s.numel() for s in padded) >= scored * vocab

@@ -1,0 +1,51 @@
+"""The config switches reach the trainer, and a run with the fast station trains the same
+weights as one with the padded station."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tiny import random_pairs, tiny_llama
+from preftune.config import load_config
+from preftune.fast import FastForward, build_forward
+from preftune.fast.grouping import LengthGroupedPlan
+from preftune.forward import PaddedForward
+from preftune.trainer import Trainer
+
+OFF = ["--chunked_logps", "false", "--prefix_sharing", "false", "--packing", "false"]
+
+
+def test_config_switches_pick_the_station(tokenizer):
+    fast = build_forward(load_config(None, ["--logps_chunk_size", "64", "--packing", "false",
+                                            "--max_tokens_per_row", "256"]), tokenizer)
+    assert isinstance(fast, FastForward)
+    assert (fast.chunked, fast.chunk_size, fast.prefix_sharing, fast.packing,
+            fast.max_tokens_per_row) == (True, 64, True, False, 256)
+    assert fast.pad_token_id == tokenizer.pad_token_id
+    assert isinstance(build_forward(load_config(None, OFF), tokenizer), PaddedForward)
+
+
+def trainer(tmp_path, tokenizer, name, *args):
+    config = load_config(None, ["--output_dir", str(tmp_path / name), "--learning_rate", "1e-3",
+                                "--warmup_ratio", "0", "--logging_steps", "1",
+                                "--progress_bar", "false", "--seed", "7", "--method", "dpo",
+                                "--max_steps", "2", "--per_device_train_batch_size", "6",
+                                "--do_eval", "false", "--save_strategy", "no", *args])
+    return Trainer(config, model=tiny_llama(vocab_size=1000), tokenizer=tokenizer,
+                   train_pairs=random_pairs(12, vocab=1000, seed=2), log=lambda *_: None)
+
+
+@pytest.mark.parametrize("group_by_length", [False, True])
+def test_two_dpo_steps_train_the_same_weights(tmp_path, tokenizer, group_by_length):
+    extra = ["--group_by_length", str(group_by_length).lower()]
+    fast = trainer(tmp_path, tokenizer, "fast", *extra)
+    padded = trainer(tmp_path, tokenizer, "padded", *OFF, *extra)
+    assert isinstance(fast.forward, FastForward) and isinstance(padded.forward, PaddedForward)
+    assert isinstance(fast.plan, LengthGroupedPlan) == group_by_length
+    fast.train()
+    padded.train()
+    wf, wp = fast.model.state_dict(), padded.model.state_dict()
+    for key in wf:
+        assert torch.allclose(wf[key], wp[key], atol=1e-5), key
+    assert not torch.equal(wf["lm_head.weight"], tiny_llama(vocab_size=1000).lm_head.weight)

@@ -1,0 +1,189 @@
+"""Several processes train exactly like one with the same global batch.
+
+Two CPU ranks (gloo) x batch 2 x accumulation 2 against one in-process run of batch 4 x
+accumulation 2, 3 steps, same seed: the logged loss agrees within 1e-5 at every step, and
+so does every other logged metric (rewards, log-probs, lengths, NLL, grad norm) and the
+final weights. That only holds if the step's example and NLL-token counts are all-reduced
+before the loss is formed, the gradient average over ranks is undone, metrics are summed
+over ranks before dividing, and SamPO draws its token subsets per example, not per rank.
+
+- cpo-simpo: reference-free, with a token-normalised NLL term;
+- sampo: reference-based (a frozen copy of the starting policy), with random
+  down-sampling of the longer completion;
+- backends: DDP and FSDP2 (accelerate's FSDP2 code paths on CPU; see distributed_worker.py),
+  and, where deepspeed is installed, ZeRO-2 and ZeRO-3 launched with the shipped
+  configs/accelerate/zero2.yaml and zero3.yaml (DeepSpeed's CPU accelerator, gloo);
+- resume: a run started in a new folder holding only the sampo run's step-2 checkpoint
+  logs only step 3, the same step 3, and ends with the same weights (from the starting
+  weights, without the checkpoint's, step 3's loss would differ).
+
+All launches start together and overlap the 1-process runs (~1 minute on 2 cores).
+"""
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from distributed_worker import BASE_ARGS
+from tiny import random_pairs, tiny_llama
+from preftune.config import load_config
+from preftune.metrics import read_jsonl
+from preftune.trainer import Trainer
+
+WORKER = Path(__file__).with_name("distributed_worker.py")
+ROOT = WORKER.parents[1]
+CONFIGS = ROOT / "configs" / "accelerate"
+STEPS = ["--max_steps", "3"]
+PER_RANK = ["--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2"]
+ONE_PROCESS = ["--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2"]
+METHODS = ["cpo-simpo", "sampo"]
+HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
+# backend -> the accelerate config it is launched with (None: torch.distributed.run).
+BACKENDS = {"ddp": None, "fsdp2": None}
+if HAS_DEEPSPEED:
+    BACKENDS.update(zero2=CONFIGS / "zero2.yaml", zero3=CONFIGS / "zero3.yaml")
+BACKEND_PARAMS = list(BACKENDS) + ([] if HAS_DEEPSPEED else [pytest.param(
+    "zero2/zero3", marks=pytest.mark.skip(reason="deepspeed is not installed"))])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start(backend: str, out: Path, tokenizer_dir: Path) -> subprocess.Popen:
+    """One 2-rank launch running, in order: each method for 3 steps (sampo saving a
+    checkpoint at step 2), then sampo resumed from that checkpoint in a new folder."""
+    runs = [{"output_dir": str(out / method), "args": ["--method", method, *STEPS, *PER_RANK]
+             + (["--save_steps", "2"] if method == "sampo" else [])} for method in METHODS]
+    # The resumed run builds the same starting model, as a real resume reloads
+    # model_name_or_path: sampo's reference is a copy of it and is not in the checkpoint.
+    runs.append({"output_dir": str(out / "resumed"),
+                 "copy_checkpoint": str(out / "sampo" / "checkpoint-2"),
+                 "args": ["--method", "sampo", *STEPS, *PER_RANK, "--save_steps", "2",
+                          "--resume"]})
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    port = str(free_port())
+    config = BACKENDS[backend]
+    if config is None:
+        launcher = ["-m", "torch.distributed.run", "--nproc_per_node", "2",
+                    "--master_addr", "127.0.0.1", "--master_port", port]
+    else:
+        launcher = ["-m", "accelerate.commands.launch", "--config_file", str(config),
+                    "--num_processes", "2", "--main_process_port", port]
+        backend = "launcher"
+    command = [sys.executable, *launcher, str(WORKER), "--backend", backend,
+               "--tokenizer", str(tokenizer_dir), "--runs", json.dumps(runs)]
+    return subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.fixture(scope="module")
+def launches(tmp_path_factory, tokenizer):
+    """Every backend's launch, started at once: they and the 1-process runs overlap."""
+    tokenizer_dir = tmp_path_factory.mktemp("tokenizer")
+    tokenizer.save_pretrained(tokenizer_dir)  # loads in ~0.5 s; "smollm2" takes seconds
+    started = {}
+    for backend in BACKENDS:
+        out = tmp_path_factory.mktemp(backend)
+        started[backend] = (out, start(backend, out, tokenizer_dir))
+    yield started
+    for _, process in started.values():
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module", params=BACKEND_PARAMS)
+def launched(request, launches) -> Path:
+    out, process = launches[request.param]
+    output, _ = process.communicate(timeout=400)
+    assert process.returncode == 0, output[-6000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, tokenizer, launches):
+    """The 1-process runs: {method: (metrics, final weights)}."""
+    out = tmp_path_factory.mktemp("one")
+    results = {}
+    for method in METHODS:
+        config = load_config(None, ["--output_dir", str(out / method), *BASE_ARGS,
+                                    "--method", method, *STEPS, *ONE_PROCESS])
+        trainer = Trainer(config, model=tiny_llama(vocab_size=1000), tokenizer=tokenizer,
+                          train_pairs=random_pairs(24, vocab=1000), log=lambda *_: None)
+        trainer.train()
+        results[method] = (read_jsonl(out / method / "metrics.jsonl"),
+                           {k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
+    return results
+
+
+def assert_same_metrics(got: list[dict], expected: list[dict], what: str) -> None:
+    assert [r["step"] for r in got] == [r["step"] for r in expected], what
+    for mine, theirs in zip(got, expected):
+        assert mine["loss"] == pytest.approx(theirs["loss"], abs=1e-5), (what, mine["step"])
+        assert set(mine) == set(theirs), what
+        for key in set(theirs) - {"loss", "tokens_per_second"}:
+            assert mine[key] == pytest.approx(theirs[key], rel=1e-5, abs=1e-5), \
+                (what, mine["step"], key)
+
+
+def saved_weights(folder: Path) -> dict:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def assert_same_weights(got: dict, expected: dict, what: str) -> None:
+    for key, value in got.items():
+        assert torch.allclose(value.float(), expected[key].float(), atol=1e-5), (what, key)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_two_ranks_equal_one_process(one_process, launched, method):
+    out = launched
+    expected_metrics, expected_weights = one_process[method]
+    got = read_jsonl(out / method / "metrics.jsonl")
+    assert len(got) == 3
+    assert_same_metrics(got, expected_metrics, f"{out.name} {method}")
+    # The final export: accelerator.get_state_dict, gathered under FSDP2 and ZeRO-3.
+    assert_same_weights(saved_weights(out / method), expected_weights, f"{out.name} {method}")
+
+
+def test_resume_from_a_multi_rank_checkpoint(launched):
+    out = launched
+    uninterrupted = read_jsonl(out / "sampo" / "metrics.jsonl")
+    resumed = read_jsonl(out / "resumed" / "metrics.jsonl")
+    assert [r["step"] for r in resumed] == [3]  # started at the checkpoint's step
+    assert_same_metrics(resumed, uninterrupted[2:], f"{out.name} resume")
+    assert_same_weights(saved_weights(out / "resumed"), saved_weights(out / "sampo"),
+                        f"{out.name} resume")
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_accelerate_configs_load_and_say_how_to_run_them(path):
+    """accelerate reads each config (unknown keys are errors there), and its opening
+    comment holds the exact command that uses it."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(path))
+    command = next(line for line in path.read_text().splitlines() if "accelerate launch" in line)
+    assert f"--config_file configs/accelerate/{path.name} -m preftune.cli train --config " \
+           "recipes/" in command
+    raw = yaml.safe_load(path.read_text())
+    if config.distributed_type == "FSDP":
+        assert raw["fsdp_config"]["fsdp_version"] == 2
+        assert raw["fsdp_config"]["fsdp_state_dict_type"] == "SHARDED_STATE_DICT"
+    if config.distributed_type == "DEEPSPEED":
+        ds = raw["deepspeed_config"]
+        assert ds["gradient_accumulation_steps"] == 1 and ds["zero3_init_flag"] is False
+        assert ds["zero_stage"] != 3 or ds["zero3_save_16bit_model"] is True
