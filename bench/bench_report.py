@@ -74,10 +74,11 @@ def write_report(path: Path, *, command: str, machine: str, matmul_rate: float, 
         "## Peak memory by vocabulary size",
         "",
         "A random model with SmolLM2's body (30 layers, hidden 576, tied embeddings) and the "
-        f"given vocabulary, SimPO, one step of the first {vocab_batch} pairs above (ids taken "
-        "modulo the vocabulary; fewer pairs than above so that the padded 128k run fits beside "
-        "other jobs on this shared machine). Growth = peak RSS during the step minus RSS "
-        "before it (activations, logits, gradients, optimizer state).",
+        f"given vocabulary, SimPO, the first {vocab_batch} pairs above (ids taken modulo the "
+        "vocabulary; fewer pairs than above so that the padded 128k run fits beside other "
+        "jobs on this shared machine), two steps on the same batch, memory and time of the "
+        "second. Growth = peak RSS during that step minus RSS before it: what a step adds "
+        "on top of weights and AdamW state (activations, logits, gradients).",
         "",
         "| vocab | padded: peak RSS (GiB) | fast: peak RSS (GiB) | padded: growth (GiB) "
         "| fast: growth (GiB) | fast / padded growth | padded step (s) | fast step (s) |",

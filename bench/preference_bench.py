@@ -80,6 +80,9 @@ def preftune_run(args, tokenizer, rows) -> dict:
         for p in pairs:
             for ids in (p.prompt_ids, p.chosen_ids, p.rejected_ids):
                 ids[:] = [i % args.vocab for i in ids]
+        # The same batch twice; memory is measured in the second step, once AdamW's state
+        # exists, so the growth is what a step adds: activations, logits, gradients.
+        pairs = pairs[:args.batch] * args.steps
     else:
         model = load_model("smollm2")
     config = load_config(None, [
@@ -92,8 +95,10 @@ def preftune_run(args, tokenizer, rows) -> dict:
                       log=lambda line: print(line, file=sys.stderr))
     trainer.plan = BatchPlan(len(pairs), args.batch, 1, 1, 0, shuffle=False)
     times, losses, tokens = [], [], []
-    memory = PeakRSS().start()
+    memory = None if args.vocab else PeakRSS().start()
     for step in range(args.steps):
+        if memory is None and step == args.steps - 1:
+            memory = PeakRSS().start()
         window = MetricWindow()
         start = time.perf_counter()
         trainer.train_step(window)
@@ -220,7 +225,7 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--vocab", type=int, default=0)
     parser.add_argument("--vocabs", nargs="*", type=int, default=[32000, 128256])
-    parser.add_argument("--vocab-batch", type=int, default=2)
+    parser.add_argument("--vocab-batch", type=int, default=4)
     parser.add_argument("--json", default="")
     parser.add_argument("--json-dir", default="", help="keep/reuse per-run results here")
     parser.add_argument("--need-gib", type=float, default=13.5,
@@ -250,8 +255,8 @@ def main(argv=None) -> None:
     vocab_runs = {}
     for vocab in args.vocabs:
         for impl in ("padded", "fast"):
-            result = child(json_dir, f"{impl}-vocab{vocab}", 10.0, args.patience, "--impl",
-                           impl, "--method", "simpo", "--steps", "1", "--batch",
+            result = child(json_dir, f"{impl}-vocab{vocab}", 12.0, args.patience, "--impl",
+                           impl, "--method", "simpo", "--steps", "2", "--batch",
                            str(args.vocab_batch), "--vocab", str(vocab))
             vocab_runs[(impl, vocab)] = result if "error" in result else summary(result, False)
     rate = max(rate_before, matmul_flops())
