@@ -14,18 +14,22 @@ def _fmt(value: float, digits: int = 2) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 
-def write_report(path: Path, *, command: str, machine: str, matmul_rate: float, runs: dict,
+def write_report(path: Path, *, command: str, machine: str, matmul_rates: list, runs: dict,
                  vocab_runs: dict, steps: int, batch: int, vocab_batch: int) -> None:
+    matmul_rate = sorted(matmul_rates)[len(matmul_rates) // 2]
     lines = [
         "# Benchmarks",
         "",
         "Written by `bench/preference_bench.py` (see its docstring for what is measured and "
         "how the rows are chosen); not part of the test suite.",
         "",
-        f"- command: `{command}`",
+        f"- command: `{command}` (`--json-dir` reuses the per-run results an interrupted "
+        "invocation left there)",
         f"- machine: {machine}",
         f"- date: {time.strftime('%Y-%m-%d %H:%M')}",
-        f"- measured fp32 matmul rate (2048^3, best of 5): {matmul_rate / 1e9:.1f} GFLOP/s",
+        "- measured fp32 matmul rate (2048^3, best of 5), at several times since the CPU is "
+        f"shared: {', '.join(f'{r / 1e9:.1f}' for r in matmul_rates)} GFLOP/s; fractions "
+        f"below use the median, {matmul_rate / 1e9:.1f}",
         f"- SmolLM2-135M-Instruct, fp32, batch {batch} pairs, max_length 512 (prompts <= 256 "
         f"tokens; no row truncated by either trainer), AdamW, {steps} steps per run, the "
         "first one untimed; one process per run.",
@@ -104,4 +108,16 @@ def write_report(path: Path, *, command: str, machine: str, matmul_rate: float, 
         "",
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines))
+    path.write_text(_keep_other_sections(path, "\n".join(lines)))
+
+
+def _keep_other_sections(path: Path, ours: str) -> str:
+    """Other benchmarks add their own ``<!-- name:start --> ... <!-- name:end -->`` blocks
+    to the same file: keep them after this report."""
+    import re
+
+    old = path.read_text() if path.exists() else ""
+    kept = [m.group(0) for m in re.finditer(r"<!-- (\w+):start -->.*?<!-- \1:end -->", old,
+                                            flags=re.S) if m.group(1) != "preference"]
+    return "\n\n".join(["<!-- preference:start -->\n" + ours.rstrip() +
+                         "\n<!-- preference:end -->", *kept]) + "\n"
