@@ -41,6 +41,7 @@ METHODS = {
     "dpo": ["--method", "dpo", "--beta", "0.1"],
     "simpo": ["--method", "simpo", "--beta", "2.5", "--gamma_beta_ratio", "0.55"],
     "sampo": ["--method", "sampo", "--beta", "0.1"],
+    "sft": ["--method", "sft"],
 }
 
 
@@ -86,22 +87,26 @@ def count(tokenizer, text: str) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def select(rows: list[dict], tokenizer, n_train: int, n_prompts: int, max_prompt: int, seed: int):
+def select(rows: list[dict], tokenizer, n_train: int, n_prompts: int, n_sft: int,
+           max_prompt: int, seed: int):
     """Held-out prompts first (so they do not depend on the training settings), then train
-    pairs whose chosen answer is longer than the rejected one, from the remaining rows."""
+    pairs whose chosen answer is longer than the rejected one, then the SFT rows: the rows
+    after those, whatever their lengths, so the SFT answers keep the data's length mix."""
     rng = random.Random(seed)
     rows = [r for r in rows
             if count(tokenizer, "\n".join(m["content"] for m in r["prompt"])) <= max_prompt]
     rng.shuffle(rows)
     held_out = [row["prompt"] for row in rows[:n_prompts]]
-    train = []
+    train, used = [], n_prompts
     for row in rows[n_prompts:]:
+        used += 1
         c, r = (count(tokenizer, row[k][0]["content"]) for k in ("chosen", "rejected"))
         if c > r:
             train.append({**row, "_lengths": (c, r)})
         if len(train) == n_train:
             break
-    return train, held_out
+    sft = rows[used:used + n_sft]
+    return train, held_out, sft
 
 
 def describe(values: list[int], cap: int | None = None) -> dict:
@@ -138,14 +143,43 @@ def generated_lengths(model, tokenizer, prompts, args) -> tuple[list[int], list[
     return [count(tokenizer, r) for r in replies], replies
 
 
-def train_one(name: str, data_file: Path, out: Path, args) -> tuple[object, dict]:
+def onpolicy_pairs(model, tokenizer, rows: list[dict], args) -> tuple[list[dict], dict]:
+    """On-policy pairs from the starting model: ``--onpolicy`` samples per prompt at the SimPO
+    repository's settings (temperature 0.8, top-p 0.95), scored by their length in tokens, the
+    longest as chosen and the shortest as rejected, like a judge with a length bias. Only
+    samples that ended on their own are candidates: a reply cut at the cap is not an answer
+    of known length. Prompts with fewer than two distinct candidate lengths are dropped."""
+    from preftune.evaluation.generate import generate
+    from preftune.evaluation.pairs import SIMPO_TEMPERATURE, SIMPO_TOP_P, build_pairs
+
+    prompts = [r["prompt"] for r in rows]
+    samples = generate(model, tokenizer, prompts, max_new_tokens=args.onpolicy_max_new_tokens,
+                       do_sample=True, temperature=SIMPO_TEMPERATURE, top_p=SIMPO_TOP_P,
+                       num_samples=args.onpolicy, batch_size=args.gen_batch, seed=args.seed,
+                       progress=True)
+    finished = [[g for g in per_prompt if g.finished] for per_prompt in samples]
+    kept = [(p, f) for p, f in zip(prompts, finished) if len({g.num_tokens for g in f}) > 1]
+    pairs, stats = build_pairs([p for p, _ in kept], [[g.text for g in f] for _, f in kept],
+                               [[float(g.num_tokens) for g in f] for _, f in kept])
+    for pair in pairs:
+        pair["_lengths"] = (int(pair.pop("chosen_score")), int(pair.pop("rejected_score")))
+    cut = sum(not g.finished for per_prompt in samples for g in per_prompt)
+    return pairs, {"prompts": len(prompts), "pairs": len(pairs),
+                   "samples_cut_at_cap": cut, "samples": len(prompts) * args.onpolicy}
+
+
+def train_one(name: str, data_file: Path, out: Path, args, start: str = "smollm2",
+              steps: int | None = None, learning_rate: float | None = None
+              ) -> tuple[object, dict]:
     from preftune.config import load_config
     from preftune.metrics import read_jsonl
     from preftune.trainer import Trainer
 
+    steps = steps or args.steps
+    learning_rate = learning_rate or args.learning_rate
     config = load_config(None, [
-        "--model_name_or_path", "smollm2", "--dataset_name", str(data_file), *METHODS[name],
-        "--learning_rate", str(args.learning_rate), "--max_steps", str(args.steps),
+        "--model_name_or_path", start, "--dataset_name", str(data_file), *METHODS[name],
+        "--learning_rate", str(learning_rate), "--max_steps", str(steps),
         "--per_device_train_batch_size", str(args.batch_size), "--warmup_ratio", "0.1",
         "--lr_scheduler_type", "cosine", "--logging_steps", "5", "--eval_strategy", "no",
         "--max_length", str(args.max_length), "--max_prompt_length", str(args.max_prompt),
@@ -191,9 +225,9 @@ def plot(results: dict, path: Path, max_new_tokens: int) -> None:
     plt.close(fig)
 
 
-def table(results: dict) -> str:
-    base = results["generated"]["base"]["mean"]
-    lines = ["| model | mean tokens | median | change of mean vs base | at cap | looping "
+def table(results: dict, start_name: str = "base") -> str:
+    base = results["generated"][start_name]["mean"]
+    lines = ["| model | mean tokens | median | change of mean vs start | at cap | looping "
              "| final margin | final reward acc. | train min |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, g in results["generated"].items():
@@ -212,34 +246,51 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-TRAIN_SETTINGS = ("steps", "batch_size", "learning_rate", "max_length", "max_prompt", "seed")
+SFT_SETTINGS = ("sft_steps", "sft_learning_rate", "batch_size", "max_length", "max_prompt",
+                "seed")
+TRAIN_SETTINGS = SFT_SETTINGS + ("steps", "learning_rate", "onpolicy", "onpolicy_max_new_tokens")
 
 
-def trained_before(out: Path, settings: dict) -> dict:
-    """Training summaries, by method, from earlier results in ``out`` with the same training
-    settings (whatever their generation settings)."""
+def trained_before(out: Path, settings: dict, keys: tuple = TRAIN_SETTINGS) -> dict:
+    """Training summaries, by method, from earlier results in ``out`` with the same ``keys``
+    of the training settings (whatever their generation settings)."""
     found = {}
     for path in sorted(out.glob("results*.json")):
         earlier = json.loads(path.read_text())
-        if all(earlier["settings"].get(k) == settings[k] for k in TRAIN_SETTINGS):
+        if all(earlier["settings"].get(k) == settings[k] for k in keys):
             found.update(earlier.get("training", {}))
     return found
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "_lengths"}) + "\n"
+                            for r in rows))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="outputs/length")
-    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--learning_rate", type=float, default=2e-5)
+    parser.add_argument("--learning_rate", type=float, default=1e-5)
+    parser.add_argument("--sft_steps", type=int, default=32,
+                        help="SFT steps on the chosen answers of other rows before preference "
+                        "tuning, as the seeds' recipes start from an SFT model (0: start from "
+                        "SmolLM2-135M-Instruct itself)")
+    parser.add_argument("--sft_learning_rate", type=float, default=2e-5)
+    parser.add_argument("--onpolicy", type=int, default=0, help="train on on-policy pairs: this "
+                        "many samples of the starting model per training prompt, the longest "
+                        "chosen and the shortest rejected (0: the data's own answers)")
+    parser.add_argument("--onpolicy_max_new_tokens", type=int, default=128)
     parser.add_argument("--max_length", type=int, default=256)
     parser.add_argument("--max_prompt", type=int, default=128)
     parser.add_argument("--prompts", type=int, default=48)
     parser.add_argument("--gen_batch", type=int, default=48)
-    parser.add_argument("--max_new_tokens", type=int, default=128)
+    parser.add_argument("--max_new_tokens", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--methods", default="dpo,simpo,sampo")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default torch's; 1 on an oversubscribed CPU)")
     parser.add_argument("--models_from", help="folder of an earlier run whose trained models "
                         "(same training settings) are used instead of training (default --out)")
     args = parser.parse_args()
@@ -250,28 +301,33 @@ def main() -> None:
 
     # On a shared, oversubscribed CPU, two threads that wait on each other at every matmul
     # ran generation 7x slower in wall time (9x the CPU time) than one thread.
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer("smollm2")
     rows = conversations(HH_RLHF)
     # The prompt limit leaves room for the chat template's system message.
-    train, prompts = select(rows, tokenizer, args.steps * args.batch_size, args.prompts,
-                            max_prompt=args.max_prompt - 48, seed=args.seed)
-    data_file = out / "train.jsonl"
-    data_file.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "_lengths"}) + "\n"
-                                 for r in train))
+    train, prompts, sft_rows = select(rows, tokenizer, args.steps * args.batch_size,
+                                      args.prompts, args.sft_steps * args.batch_size,
+                                      max_prompt=args.max_prompt - 48, seed=args.seed)
+    data_file, sft_file = out / "train.jsonl", out / "sft.jsonl"
+    write_jsonl(data_file, train)
+    write_jsonl(sft_file, sft_rows)
     chosen = [r["_lengths"][0] for r in train]
     rejected = [r["_lengths"][1] for r in train]
     results = {"settings": vars(args), "data": {
         "source": str(HH_RLHF.name), "rows_usable": len(rows), "train_pairs": len(train),
         "held_out_prompts": len(prompts), "chosen_tokens": describe(chosen),
-        "rejected_tokens": describe(rejected)}, "training": {}, "generated": {}}
+        "rejected_tokens": describe(rejected), "sft_rows": len(sft_rows),
+        "sft_answer_tokens": describe([count(tokenizer, r["chosen"][0]["content"])
+                                       for r in sft_rows]) if sft_rows else None},
+        "training": {}, "generated": {}}
     print(json.dumps(results["data"], indent=1))
 
     cap = args.max_new_tokens
     done = out / f"results-{cap}.json"
-    same = [k for k in results["settings"] if k != "methods"]
+    same = [k for k in results["settings"] if k not in ("methods", "threads", "models_from")]
     if done.exists() and all(json.loads(done.read_text())["settings"].get(k) ==
                              results["settings"][k] for k in same):
         earlier = json.loads(done.read_text())
@@ -279,41 +335,75 @@ def main() -> None:
         results["minutes"] = earlier.get("minutes", 0.0)
     models_from = Path(args.models_from or out)
     trained = trained_before(models_from, results["settings"])
-    start = time.perf_counter() - 60 * results.get("minutes", 0.0)
-    for name in ["base"] + args.methods.split(","):
+    # The SFT model depends on the SFT settings only, so runs that differ in the preference
+    # settings can share it.
+    trained_sft = trained_before(models_from, results["settings"], SFT_SETTINGS)
+    if "sft" in trained_sft:
+        trained["sft"] = trained_sft["sft"]
+
+    def saved(name: str) -> bool:
+        return name in trained and (models_from / name / "model.safetensors").exists()
+
+    # The starting point every method is tuned from, and the row the others are compared to.
+    start_name = "sft" if args.sft_steps else "base"
+    start = "smollm2"
+    if args.sft_steps and saved("sft"):
+        start, results["training"]["sft"] = str(models_from / "sft"), trained["sft"]
+    elif args.sft_steps:
+        start = str(out / "sft")
+        model, results["training"]["sft"] = train_one(
+            "sft", sft_file, out, args, steps=args.sft_steps,
+            learning_rate=args.sft_learning_rate)
+        del model
+    if args.onpolicy:
+        # Same prompts as the data's pairs, answers sampled from the starting model; the pairs
+        # stay in OUT so that a resumed run trains on the same ones.
+        data_file, info_file = out / "train-onpolicy.jsonl", out / "train-onpolicy.json"
+        if not (data_file.exists() and info_file.exists()):
+            model = load_model(start)
+            pairs, info = onpolicy_pairs(model, tokenizer, train, args)
+            del model
+            info["chosen_tokens"] = describe([p["_lengths"][0] for p in pairs])
+            info["rejected_tokens"] = describe([p["_lengths"][1] for p in pairs])
+            write_jsonl(data_file, pairs)
+            info_file.write_text(json.dumps(info, indent=1))
+        results["data"]["onpolicy"] = json.loads(info_file.read_text())
+        print(json.dumps(results["data"]["onpolicy"], indent=1))
+    begin = time.perf_counter() - 60 * results.get("minutes", 0.0)
+    for name in [start_name] + args.methods.split(","):
         if name in results["generated"]:
             continue
-        if name == "base":
-            model = load_model("smollm2")
-        elif name in trained and (models_from / name / "model.safetensors").exists():
+        if name in ("base", "sft"):
+            model = load_model(start)
+        elif saved(name):
             model = load_model(str(models_from / name))
             results["training"][name] = trained[name]
         else:
-            model, results["training"][name] = train_one(name, data_file, out, args)
+            model, results["training"][name] = train_one(name, data_file, out, args, start)
         lengths, replies = generated_lengths(model, tokenizer, prompts, args)
         results["generated"][name] = {"lengths": lengths, "replies": replies}
         del model
         print(name, describe(lengths, args.max_new_tokens), results["training"].get(name))
-        results["minutes"] = (time.perf_counter() - start) / 60
+        results["minutes"] = (time.perf_counter() - begin) / 60
         done.write_text(json.dumps(results, indent=1))
     generated = results["generated"]
     for g in generated.values():
         g.update(describe(g["lengths"], args.max_new_tokens))
         if "replies" in g:
             g["repetitive"] = sum(map(repetitive, g["replies"])) / len(g["replies"])
-    # Paired over the same prompts: each method against the base model, and DPO against the
-    # others (the claim under test).
-    results["paired"] = {f"{n} - base": paired_difference(generated[n]["lengths"],
-                                                          generated["base"]["lengths"])
-                         for n in generated if n != "base"}
+    # Paired over the same prompts: each method against the starting model, and DPO against
+    # the others (the claim under test).
+    results["paired"] = {f"{n} - {start_name}": paired_difference(
+        generated[n]["lengths"], generated[start_name]["lengths"])
+        for n in generated if n != start_name}
     for other in ("simpo", "sampo"):
         if "dpo" in generated and other in generated:
             results["paired"][f"dpo - {other}"] = paired_difference(
                 generated["dpo"]["lengths"], generated[other]["lengths"])
     done.write_text(json.dumps(results, indent=1))
     plot(results, out / f"length-{cap}.png", cap)
-    (out / f"length-{cap}.md").write_text(table(results) + "\n")
-    print(table(results))
+    (out / f"length-{cap}.md").write_text(table(results, start_name) + "\n")
+    print(table(results, start_name))
     print(f"{results['minutes']:.1f} minutes; written to {out}")
 
 
