@@ -148,7 +148,8 @@ def onpolicy_pairs(model, tokenizer, rows: list[dict], args) -> tuple[list[dict]
     repository's settings (temperature 0.8, top-p 0.95), scored by their length in tokens, the
     longest as chosen and the shortest as rejected, like a judge with a length bias. Only
     samples that ended on their own are candidates: a reply cut at the cap is not an answer
-    of known length. Prompts with fewer than two distinct candidate lengths are dropped."""
+    of known length. Prompts with fewer than two distinct candidate lengths are dropped, and
+    so are prompts with an empty sample (the data loader rightly refuses empty completions)."""
     from preftune.evaluation.generate import generate
     from preftune.evaluation.pairs import SIMPO_TEMPERATURE, SIMPO_TOP_P, build_pairs
 
@@ -158,13 +159,17 @@ def onpolicy_pairs(model, tokenizer, rows: list[dict], args) -> tuple[list[dict]
                        num_samples=args.onpolicy, batch_size=args.gen_batch, seed=args.seed,
                        progress=True)
     finished = [[g for g in per_prompt if g.finished] for per_prompt in samples]
-    kept = [(p, f) for p, f in zip(prompts, finished) if len({g.num_tokens for g in f}) > 1]
-    pairs, stats = build_pairs([p for p, _ in kept], [[g.text for g in f] for _, f in kept],
-                               [[float(g.num_tokens) for g in f] for _, f in kept])
+    empty = [any(not g.text.strip() for g in f) for f in finished]
+    kept = [(p, f) for p, f, e in zip(prompts, finished, empty)
+            if not e and len({g.num_tokens for g in f}) > 1]
+    pairs, _ = build_pairs([p for p, _ in kept], [[g.text for g in f] for _, f in kept],
+                           [[float(g.num_tokens) for g in f] for _, f in kept])
     for pair in pairs:
         pair["_lengths"] = (int(pair.pop("chosen_score")), int(pair.pop("rejected_score")))
     cut = sum(not g.finished for per_prompt in samples for g in per_prompt)
     return pairs, {"prompts": len(prompts), "pairs": len(pairs),
+                   "dropped_no_preference": len(prompts) - sum(empty) - len(kept),
+                   "dropped_empty_sample": sum(empty),
                    "samples_cut_at_cap": cut, "samples": len(prompts) * args.onpolicy}
 
 
@@ -220,6 +225,45 @@ def plot(results: dict, path: Path, max_new_tokens: int) -> None:
     right.set_ylabel("prompts")
     right.legend()
     right.set_title(f"distribution (cap {max_new_tokens})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def compare(folders: list[Path], cap: int, path: Path) -> None:
+    """One bar per method and run: the paired change of mean reply length against each run's
+    starting model, with its 95% bootstrap interval, so several runs read side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def label(settings: dict) -> str:
+        data = (f"on-policy pairs ({settings['onpolicy']} samples)" if settings.get("onpolicy")
+                else "HH-RLHF pairs")
+        start = "SFT start" if settings.get("sft_steps") else "Instruct start"
+        return f"{data}, {start}, lr {settings['learning_rate']:g}, {settings['steps']} steps"
+
+    runs = []
+    for folder in folders:
+        results = json.loads((folder / f"results-{cap}.json").read_text())
+        runs.append((label(results["settings"]), results))
+    methods = ["dpo", "simpo", "sampo"]
+    width = 0.8 / len(runs)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for k, (label, results) in enumerate(runs):
+        paired = {key.split(" - ")[0]: d for key, d in results["paired"].items()
+                  if key.split(" - ")[1] in ("base", "sft")}
+        means = [paired[m]["mean"] for m in methods]
+        errors = [[paired[m]["mean"] - paired[m]["low"] for m in methods],
+                  [paired[m]["high"] - paired[m]["mean"] for m in methods]]
+        ax.bar([i + (k - (len(runs) - 1) / 2) * width for i in range(len(methods))], means,
+               width, yerr=errors, capsize=3, label=label)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xticks(range(len(methods)), methods)
+    ax.set_ylabel("change of mean reply length (tokens)")
+    ax.set_title(f"reply length vs the starting model, 95% bootstrap interval (cap {cap})")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -293,7 +337,13 @@ def main() -> None:
                         help="torch CPU threads (default torch's; 1 on an oversubscribed CPU)")
     parser.add_argument("--models_from", help="folder of an earlier run whose trained models "
                         "(same training settings) are used instead of training (default --out)")
+    parser.add_argument("--compare", nargs="+", metavar="OUT",
+                        help="only draw the runs' paired length changes side by side into "
+                        "--out (a .png path), from their results-CAP.json")
     args = parser.parse_args()
+    if args.compare:
+        compare([Path(f) for f in args.compare], args.max_new_tokens, Path(args.out))
+        return
 
     import torch
 

@@ -56,17 +56,22 @@ def test_onpolicy_pairs_keep_longest_and_shortest_finished_sample(monkeypatch):
             # all finished samples have the same length: no preference, dropped
             [Generation("p q", 2, True), Generation("r s", 2, True),
              Generation("t u", 2, True)],
+            # an empty sample: the prompt is dropped
+            [Generation("", 0, True), Generation("a b c", 3, True),
+             Generation("a", 1, True)],
         ]
 
     monkeypatch.setattr(generate_module, "generate", fake_generate)
     rows = [{"prompt": [{"role": "user", "content": "one"}]},
-            {"prompt": [{"role": "user", "content": "two"}]}]
+            {"prompt": [{"role": "user", "content": "two"}]},
+            {"prompt": [{"role": "user", "content": "three"}]}]
 
     class Args:
         onpolicy, onpolicy_max_new_tokens, gen_batch, seed = 3, 16, 8, 0
 
     pairs, info = length.onpolicy_pairs(None, None, rows, Args)
-    assert info == {"prompts": 2, "pairs": 1, "samples_cut_at_cap": 1, "samples": 6}
+    assert info == {"prompts": 3, "pairs": 1, "dropped_no_preference": 1,
+                    "dropped_empty_sample": 1, "samples_cut_at_cap": 1, "samples": 9}
     (pair,) = pairs
     assert pair["chosen"][0]["content"] == "a b c d e"
     assert pair["rejected"][0]["content"] == "a b"
