@@ -1,23 +1,30 @@
 """Does DPO lengthen generations more than SimPO and SamPO? A short CPU experiment.
 
-    nice -n 10 python experiments/length.py            # 45 minutes on 2 busy shared cores
-    nice -n 10 python experiments/length.py --steps 4 --prompts 8 --out /tmp/smoke
+    python experiments/length.py                        # 17 minutes on 2 quiet cores
+    python experiments/length.py --onpolicy 4 --out outputs/length-onpolicy \
+        --models_from outputs/length                    # on-policy pairs, same SFT model
+    python experiments/length.py --sft_steps 1 --steps 1 --prompts 2 --max_new_tokens 16 \
+        --out /tmp/smoke                                # a smoke run
+    python experiments/length.py --compare OUT1 OUT2 --out summary.png
 
 An interrupted run picks up where it stopped: models whose answers are already in
 OUT/results-CAP.json (same settings; CAP is --max_new_tokens) are not asked again, and a
-method trained with the same training settings is loaded from OUT/METHOD instead of being
-trained again, so a second cap costs generation only.
+model trained with the same training settings is loaded from OUT/NAME (or --models_from)
+instead of being trained again, so another cap costs generation only.
 
 Data: HH-RLHF harmless-base (the shared test split), turned into conversations (each
 "Human:"/"Assistant:" turn one message) so the chat template applies and generation stops at
 SmolLM2's end-of-turn token. Training pairs are those whose chosen answer is longer than the
-rejected one, so "longer is preferred" is in the data. Held-out prompts come from other rows.
+rejected one, so "longer is preferred" is in the data; with --onpolicy, the same prompts get
+answers sampled from the starting model instead, the longest chosen and the shortest
+rejected. Held-out prompts and SFT rows come from other rows.
 
-Each method trains SmolLM2-135M-Instruct from the same start on the same pairs in the same
-order, then answers the held-out prompts greedily; the base model answers them too. The
-script writes OUT/results-CAP.json, OUT/length-CAP.md (the table) and OUT/length-CAP.png
-(the plot), and keeps each run's folder (metrics.jsonl, the trained model;
-`preftune report OUT/dpo OUT/simpo OUT/sampo` draws their training curves).
+SmolLM2-135M-Instruct is first fine-tuned on the SFT rows' chosen answers (--sft_steps; the
+seeds tune SFT models), then each method trains from that model on the same pairs in the same
+order and answers the held-out prompts greedily; the SFT model answers them too. The script
+writes OUT/results-CAP.json (every reply included), OUT/length-CAP.md (the table) and
+OUT/length-CAP.png (the plot), and keeps each run's folder (metrics.jsonl, the trained
+model; `preftune report OUT/dpo OUT/simpo OUT/sampo` draws their training curves).
 """
 
 from __future__ import annotations
