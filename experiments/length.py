@@ -297,9 +297,10 @@ def table(results: dict, start_name: str = "base") -> str:
     return "\n".join(lines)
 
 
+# The SFT rows follow the training pairs in the shuffled data, so they depend on --steps too.
 SFT_SETTINGS = ("sft_steps", "sft_learning_rate", "batch_size", "max_length", "max_prompt",
-                "seed")
-TRAIN_SETTINGS = SFT_SETTINGS + ("steps", "learning_rate", "onpolicy", "onpolicy_max_new_tokens")
+                "seed", "steps", "prompts")
+TRAIN_SETTINGS = SFT_SETTINGS + ("learning_rate", "onpolicy", "onpolicy_max_new_tokens")
 
 
 def trained_before(out: Path, settings: dict, keys: tuple = TRAIN_SETTINGS) -> dict:
