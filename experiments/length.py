@@ -257,7 +257,7 @@ def compare(folders: list[Path], cap: int, path: Path) -> None:
         runs.append((label(results["settings"]), results))
     methods = ["dpo", "simpo", "sampo"]
     width = 0.8 / len(runs)
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = plt.subplots(figsize=(8, 5.2))
     for k, (label, results) in enumerate(runs):
         paired = {key.split(" - ")[0]: d for key, d in results["paired"].items()
                   if key.split(" - ")[1] in ("base", "sft")}
@@ -270,7 +270,8 @@ def compare(folders: list[Path], cap: int, path: Path) -> None:
     ax.set_xticks(range(len(methods)), methods)
     ax.set_ylabel("change of mean reply length (tokens)")
     ax.set_title(f"reply length vs the starting model, 95% bootstrap interval (cap {cap})")
-    ax.legend(fontsize=8)
+    # Below the axes, where it cannot hide a bar.
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
