@@ -94,3 +94,18 @@ def test_selection_keeps_held_out_prompts_apart_from_training():
     used = [r["prompt"][0]["content"] for r in train + sft]
     assert not set(seen) & set(used)
     assert len(set(used)) == len(used)
+
+
+def test_compare_draws_runs_from_their_results(tmp_path):
+    for name, lr in (("a", 1e-5), ("b", 3e-6)):
+        folder = tmp_path / name
+        folder.mkdir()
+        paired = {f"{m} - sft": {"mean": 5.0, "low": 1.0, "high": 9.0}
+                  for m in ("dpo", "simpo", "sampo")}
+        paired["dpo - simpo"] = {"mean": 0.0, "low": -1.0, "high": 1.0}
+        settings = {"onpolicy": 0, "sft_steps": 32, "learning_rate": lr, "steps": 24}
+        (folder / "results-16.json").write_text(
+            length.json.dumps({"settings": settings, "paired": paired}))
+    out = tmp_path / "summary.png"
+    length.compare([tmp_path / "a", tmp_path / "b"], 16, out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
