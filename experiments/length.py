@@ -41,8 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 HH_RLHF = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
 HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
 
-# Published settings (REFERENCE.md: DPO/SamPO beta 0.1; SimPO beta 2.5, gamma/beta 0.55 for
-# Llama-3-8B-Instruct) with one learning rate for all three: the published 5e-7..1e-6 runs
+# Published settings (recipes/: DPO/SamPO beta 0.1; SimPO beta 2.5, gamma/beta 0.55 for
+# Llama-3-8B-Instruct) with one learning rate for all three: the published 3e-7..1e-6 runs
 # take thousands of steps; a few dozen steps need a larger rate to move a 135M model.
 METHODS = {
     "dpo": ["--method", "dpo", "--beta", "0.1"],
@@ -197,11 +197,11 @@ def train_one(name: str, data_file: Path, out: Path, args, start: str = "smollm2
         "--max_length", str(args.max_length), "--max_prompt_length", str(args.max_prompt),
         "--seed", str(args.seed), "--save_strategy", "no", "--progress_bar", "false",
         "--output_dir", str(out / name)])
-    start = time.perf_counter()
+    began = time.perf_counter()
     trainer = Trainer(config)
     trainer.train()
     log = [r for r in read_jsonl(out / name / "metrics.jsonl") if "loss" in r]
-    summary = {"train_seconds": time.perf_counter() - start,
+    summary = {"train_seconds": time.perf_counter() - began,
                "first": {k: log[0].get(k) for k in ("loss", "rewards/margins")},
                "last": {k: log[-1].get(k) for k in ("loss", "rewards/margins",
                                                      "rewards/accuracies", "logps/chosen",
@@ -211,12 +211,18 @@ def train_one(name: str, data_file: Path, out: Path, args, start: str = "smollm2
     return model, summary
 
 
-def plot(results: dict, path: Path, max_new_tokens: int) -> None:
+def pyplot():
+    """matplotlib's pyplot on the file-only backend (no display on a server)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot(results: dict, path: Path, max_new_tokens: int) -> None:
+    plt = pyplot()
     names = list(results["generated"])
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     data = [results["generated"][n]["lengths"] for n in names]
@@ -240,10 +246,7 @@ def plot(results: dict, path: Path, max_new_tokens: int) -> None:
 def compare(folders: list[Path], cap: int, path: Path) -> None:
     """One bar per method and run: the paired change of mean reply length against each run's
     starting model, with its 95% bootstrap interval, so several runs read side by side."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     def label(settings: dict) -> str:
         data = (f"on-policy pairs ({settings['onpolicy']} samples)" if settings.get("onpolicy")
@@ -258,14 +261,14 @@ def compare(folders: list[Path], cap: int, path: Path) -> None:
     methods = ["dpo", "simpo", "sampo"]
     width = 0.8 / len(runs)
     fig, ax = plt.subplots(figsize=(8, 5.2))
-    for k, (label, results) in enumerate(runs):
+    for k, (run_label, results) in enumerate(runs):
         paired = {key.split(" - ")[0]: d for key, d in results["paired"].items()
                   if key.split(" - ")[1] in ("base", "sft")}
         means = [paired[m]["mean"] for m in methods]
         errors = [[paired[m]["mean"] - paired[m]["low"] for m in methods],
                   [paired[m]["high"] - paired[m]["mean"] for m in methods]]
         ax.bar([i + (k - (len(runs) - 1) / 2) * width for i in range(len(methods))], means,
-               width, yerr=errors, capsize=3, label=label)
+               width, yerr=errors, capsize=3, label=run_label)
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xticks(range(len(methods)), methods)
     ax.set_ylabel("change of mean reply length (tokens)")
@@ -387,9 +390,8 @@ def main() -> None:
     cap = args.max_new_tokens
     done = out / f"results-{cap}.json"
     same = [k for k in results["settings"] if k not in ("methods", "threads", "models_from")]
-    if done.exists() and all(json.loads(done.read_text())["settings"].get(k) ==
-                             results["settings"][k] for k in same):
-        earlier = json.loads(done.read_text())
+    earlier = json.loads(done.read_text()) if done.exists() else None
+    if earlier and all(earlier["settings"].get(k) == results["settings"][k] for k in same):
         results["training"], results["generated"] = earlier["training"], earlier["generated"]
         results["minutes"] = earlier.get("minutes", 0.0)
     models_from = Path(args.models_from or out)
