@@ -28,6 +28,12 @@ def pad_right(rows: Sequence[Sequence[int]], value: int, dtype=torch.long,
     return out.to(device) if device is not None else out
 
 
+def logps_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype log-softmax runs in: float32 at least (bf16/fp16 log-probs near 0 carry no
+    digits), float64 for a float64 model, so that exactness can be checked in float64."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def completion_logps_from_logits(logits: torch.Tensor, input_ids: torch.Tensor,
                                  starts: Sequence[int], lengths: Sequence[int]
                                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,7 +50,8 @@ def completion_logps_from_logits(logits: torch.Tensor, input_ids: torch.Tensor,
         mask[i, :length] = True
     picked = logits.gather(1, index.unsqueeze(-1).expand(-1, -1, logits.size(-1)))
     targets = input_ids.gather(1, index + 1)
-    logps = torch.log_softmax(picked.float(), dim=-1).gather(-1, targets.unsqueeze(-1))
+    logps = torch.log_softmax(picked.to(logps_dtype(picked.dtype)), dim=-1)
+    logps = logps.gather(-1, targets.unsqueeze(-1))
     return logps.squeeze(-1) * mask, mask
 
 

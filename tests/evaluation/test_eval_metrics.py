@@ -1,5 +1,6 @@
-"""Held-out preference metrics against a naive float64 computation: each sequence scored
-alone, no padding, no packing."""
+"""Held-out preference metrics against a naive computation: each sequence scored alone, no
+padding, no packing; float64 models on both sides, so that no float32 rounding (which differs
+between CPUs) can flip a near-tie in reward accuracy."""
 
 import pytest
 import torch
@@ -16,15 +17,14 @@ from preftune.reference import ModelReference
 def naive_logps(model, prompt, completion):
     ids = torch.tensor([prompt + completion])
     with torch.no_grad():
-        logits = model.double()(ids).logits.double()
-    model.float()
+        logits = model(ids).logits
     logps = torch.log_softmax(logits[0, :-1], -1).gather(-1, ids[0, 1:, None])[:, 0]
     return logps[len(prompt) - 1:]
 
 
 @pytest.mark.parametrize("forward", ["padded", "fast"])
 def test_simpo_metrics_match_naive(forward):
-    model, pairs = tiny_llama(vocab_size=1000), random_pairs(7, vocab=1000, seed=3)
+    model, pairs = tiny_llama(vocab_size=1000).double(), random_pairs(7, vocab=1000, seed=3)
     beta, gamma = 2.0, 0.5
     method = resolve_method(MethodConfig(method="simpo", beta=beta, gamma=gamma))
     station = PaddedForward(0) if forward == "padded" else build_forward(load_config(), log=lambda *_: None)
@@ -42,7 +42,8 @@ def test_simpo_metrics_match_naive(forward):
 
 
 def test_dpo_metrics_use_the_reference():
-    model, ref = tiny_llama(vocab_size=1000, seed=0), tiny_llama(vocab_size=1000, seed=1)
+    model = tiny_llama(vocab_size=1000, seed=0).double()
+    ref = tiny_llama(vocab_size=1000, seed=1).double()
     pairs = random_pairs(5, vocab=1000, seed=4)
     method = resolve_method(MethodConfig(method="dpo", beta=0.1))
     forward = PaddedForward(0)

@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from float64_bounds import ulps_floor
 from preftune.data import tokenize_rows
 from preftune.evaluation.judges import ProgramJudge, RewardModelJudge, load_checker
 from preftune.evaluation.pairs import best_and_worst, build_pairs, score_samples
@@ -59,7 +60,7 @@ def test_reward_model_judge_scores_the_rendered_conversation(tokenizer):
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
                          num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
                          num_labels=1)
-    model = LlamaForSequenceClassification(config)
+    model = LlamaForSequenceClassification(config).double()  # padding: no float32 reordering
     judge = RewardModelJudge(model, tokenizer, batch_size=3)
     prompt = [{"role": "user", "content": "What is 7 times 8?"}]
     answers = ["56", "To find 7 times 8 we add 7 eight times, which gives 56.", "54"]
@@ -70,6 +71,7 @@ def test_reward_model_judge_scores_the_rendered_conversation(tokenizer):
         ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
         with torch.no_grad():
             alone = model(input_ids=ids).logits[0, 0].item()
-        assert score == pytest.approx(alone, abs=1e-5)  # padding does not change a score
+        # Padding does not change a score (the judge reports float32).
+        assert abs(score - alone) <= ulps_floor(torch.tensor(alone))
     best = max(range(3), key=lambda i: batched[i])
     assert judge.preference(prompt, answers[best], answers[(best + 1) % 3]) == 1.0

@@ -12,8 +12,8 @@ that block is the same size at any vocabulary. The same idea as Liger-Kernel's f
 cross-entropy, written in plain PyTorch so it runs on CPU and GPU alike.
 
 Precision follows the plain path: the head's matmul runs in the model's (or autocast's)
-dtype and the log-softmax in float32, so fp32 results agree to rounding and bf16 ones to
-bf16 rounding of the logits.
+dtype and the log-softmax in float32 (float64 for a float64 model), so fp32 results agree
+to rounding and bf16 ones to bf16 rounding of the logits.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+
+from preftune.forward import logps_dtype
 
 
 @dataclass(frozen=True)
@@ -53,8 +55,9 @@ def _compute_dtype(weight: torch.Tensor) -> torch.dtype:
 
 
 def _chunk_logits(hidden, weight, bias, transform: HeadTransform):
-    """float32 logits of one chunk and d(logits)/d(matmul output) (None when it is 1)."""
-    logits = F.linear(hidden, weight, bias).float()
+    """Logits of one chunk in ``logps_dtype`` and d(logits)/d(matmul output) (None when 1)."""
+    logits = F.linear(hidden, weight, bias)
+    logits = logits.to(logps_dtype(logits.dtype))
     slope = None
     if transform.scale != 1.0:
         logits = logits * transform.scale
@@ -104,7 +107,7 @@ class ChunkedTokenLogps(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, targets, chunk_size: int, transform: HeadTransform):
         dtype = _compute_dtype(weight)
         device_type = hidden.device.type
-        out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        out = torch.empty(hidden.shape[0], dtype=logps_dtype(dtype), device=hidden.device)
         w = weight.to(dtype)
         b = bias.to(dtype) if bias is not None else None
         # Casts are explicit above; autocast must not re-cast inside the chunk loop.
@@ -127,12 +130,14 @@ class ChunkedTokenLogps(torch.autograd.Function):
         w = weight.to(dtype)
         b = bias.to(dtype) if bias is not None else None
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
-        # Accumulate the parameter gradients over chunks in float32, cast once at the end.
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
+        # Accumulate the parameter gradients over chunks in float32 (float64 for a float64
+        # head), cast once at the end.
+        acc = logps_dtype(dtype)
+        grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device) \
             if need_weight else None
-        grad_bias = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) \
+        grad_bias = torch.zeros(bias.shape, dtype=acc, device=bias.device) \
             if need_bias else None
-        grad_out = grad_out.float()
+        grad_out = grad_out.to(acc)
         with torch.autocast(hidden.device.type, enabled=False):
             for start, stop in chunk_bounds(hidden.shape[0], ctx.chunk_size):
                 h = hidden[start:stop].to(dtype)
@@ -150,10 +155,10 @@ class ChunkedTokenLogps(torch.autograd.Function):
                 if grad_hidden is not None:
                     grad_hidden[start:stop] = (grad_logits @ w).to(hidden.dtype)
                 if grad_weight is not None:
-                    if dtype == torch.float32:  # in place: no vocab x hidden temporary
+                    if dtype == acc:  # in place: no vocab x hidden temporary
                         grad_weight.addmm_(grad_logits.t(), h)
                     else:
-                        grad_weight += (grad_logits.t() @ h).float()
+                        grad_weight += (grad_logits.t() @ h).to(acc)
         if grad_weight is not None:
             grad_weight = grad_weight.to(weight.dtype)
         if grad_bias is not None:
@@ -165,7 +170,7 @@ def chunked_token_logps(hidden: torch.Tensor, weight: torch.Tensor,
                         bias: Optional[torch.Tensor], targets: torch.Tensor,
                         chunk_size: Optional[int] = None,
                         transform: HeadTransform = HeadTransform()) -> torch.Tensor:
-    """float32 ``[N]`` log-probs of ``targets [N]`` given ``hidden [N, H]`` and the head;
+    """``[N]`` log-probs (float32, float64 for a float64 head) of ``targets [N]`` given ``hidden [N, H]`` and the head;
     ``chunk_size`` tokens at a time (None: :func:`auto_chunk_size` of the vocabulary)."""
     if chunk_size is None:
         chunk_size = auto_chunk_size(weight.shape[0])

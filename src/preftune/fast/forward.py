@@ -30,7 +30,7 @@ import torch
 
 from preftune.fast.chunked_logps import chunked_token_logps, head_transform
 from preftune.fast.layout import Layout, build_layout, scatter_completions
-from preftune.forward import PaddedForward, model_forward_kwargs
+from preftune.forward import PaddedForward, logps_dtype, model_forward_kwargs
 from preftune.types import SequenceLogps, TokenizedPair
 
 MASKABLE_ATTENTION = {"sdpa": "bool", "eager": "additive"}
@@ -195,7 +195,8 @@ class FastForward:
             outputs = model(**kwargs)
             logits = outputs.logits
             picked = logits.reshape(-1, logits.shape[-1]).index_select(0, index)
-            logps = torch.log_softmax(picked.float(), -1).gather(-1, targets[:, None])[:, 0]
+            logps = torch.log_softmax(picked.to(logps_dtype(picked.dtype)), -1)
+            logps = logps.gather(-1, targets[:, None])[:, 0]
         chosen, chosen_mask, rejected, rejected_mask = scatter_completions(logps, layout)
         return SequenceLogps(chosen, chosen_mask, rejected, rejected_mask,
                              aux_loss=getattr(outputs, "aux_loss", None))
