@@ -9,15 +9,51 @@ from pathlib import Path
 from preftune.fast.chunked_logps import auto_chunk_size
 
 NAMES = {"padded": "preftune, padded forward", "fast": "preftune, fast forward",
-         "trl": "TRL 1.16", "trl-gc": "TRL 1.16, gradient checkpointing on (its default)"}
+         "trl": "TRL 1.16", "trl-gc": "TRL 1.16, gradient checkpointing on (its default)",
+         "trl-precompute": "TRL 1.16, precompute_ref_log_probs",
+         "trl-liger": "TRL 1.16, use_liger_kernel"}
+SETTINGS_TITLES = {"fp32": "float32, no gradient checkpointing",
+                   "bf16-gc": "bf16 autocast over float32 weights, gradient checkpointing "
+                              "(the SimPO repositories' training settings)"}
+DATA_TITLES = {"hh": "HH-RLHF: long prompts, short completions",
+               "orca": "Orca DPO pairs: completions of several hundred tokens"}
 
 
 def _fmt(value: float, digits: int = 2) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 
+def _table(runs: dict, settings: str, data: str, matmul_rate: float) -> list[str]:
+    lines = ["| method | implementation | step time (s) | tokens/s | speed vs TRL | step time "
+             "vs TRL | peak RSS (GiB) | RSS vs TRL | useful GFLOP/s | of matmul rate "
+             "| load avg | losses |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    methods = list(dict.fromkeys(m for (s, d, _, m) in runs if (s, d) == (settings, data)))
+    for method in methods:
+        trl = runs.get((settings, data, "trl", method), {})
+        for impl in NAMES:
+            run = runs.get((settings, data, impl, method))
+            if run is None:
+                continue
+            if "error" in run:
+                lines.append(f"| {method} | {NAMES[impl]} | failed: {run['error'][:120]} "
+                             "| | | | | | | | | |")
+                continue
+            speed = run["tokens_s"] / trl["tokens_s"] if "tokens_s" in trl else float("nan")
+            time_ratio = run["step_s"] / trl["step_s"] if "step_s" in trl else float("nan")
+            memory = run["peak_gib"] / trl["peak_gib"] if "peak_gib" in trl else float("nan")
+            losses = ", ".join(_fmt(x, 3) for x in run["losses"])
+            lines.append(
+                f"| {method} | {NAMES[impl]} | {_fmt(run['step_s'])} | {_fmt(run['tokens_s'], 0)} "
+                f"| {_fmt(speed)}x | {_fmt(time_ratio)}x | {_fmt(run['peak_gib'])} "
+                f"| {_fmt(memory)}x | {_fmt(run['flops'] / 1e9, 1)} "
+                f"| {_fmt(100 * run['flops'] / matmul_rate, 1)}% | {_fmt(run['load'], 1)} "
+                f"| {losses} |")
+    return lines
+
+
 def write_report(path: Path, *, command: str, machine: str, matmul_rates: list, runs: dict,
-                 steps: int, batch: int) -> None:
+                 steps: int, batch: int, datasets: dict) -> None:
     matmul_rate = sorted(matmul_rates)[len(matmul_rates) // 2]
     lines = [
         "# Benchmarks",
@@ -32,46 +68,28 @@ def write_report(path: Path, *, command: str, machine: str, matmul_rates: list, 
         "- measured fp32 matmul rate (2048^3, best of 5), at several times since the CPU is "
         f"shared: {', '.join(f'{r / 1e9:.1f}' for r in matmul_rates)} GFLOP/s; fractions "
         f"below use the median, {matmul_rate / 1e9:.1f}",
-        f"- SmolLM2-135M-Instruct, fp32, batch {batch} pairs, max_length 512 (prompts <= 256 "
-        f"tokens; no row truncated by either trainer), AdamW, {steps} steps per run, the "
-        "first one untimed; one process per run.",
+        f"- SmolLM2-135M-Instruct, batch {batch} pairs, AdamW, {steps} steps per run, the "
+        "first one untimed; one process per run; no row truncated by either trainer.",
         "",
         "The fast forward (`src/preftune/fast/`, on by default; `--chunked_logps`, "
         "`--prefix_sharing`, `--packing` switch its parts off) returns the padded path's "
-        "numbers: tests/fast checks SimPO/DPO losses and every parameter gradient against "
-        "it within 1e-5 (fp32) on tiny Llamas and on SmolLM2, per-token log-probs within "
-        "1e-5 on tiny Llamas and 2e-5 on SmolLM2 (where the padded path itself is 1.5e-5 "
-        "from a float64 run). "
-        "The SimPO losses below agree between the two preftune columns to float32 rounding.",
+        "numbers: tests/fast checks per-token log-probs, SimPO/DPO losses and every parameter "
+        "gradient against it, in float64 on tiny models and in float32 on SmolLM2 (no "
+        "farther from a float64 run than 4x the padded path), and under bf16 autocast, bf16 "
+        "weights, gradient checkpointing and LoRA (tests/fast/test_fast_settings.py).",
         "",
         f"Chunked head: the default chunk, {auto_chunk_size(49152)} tokens at SmolLM2's "
         "49,152 vocabulary.",
-        "",
-        "## Step time, throughput, memory",
-        "",
-        "| method | implementation | step time (s) | tokens/s | speed vs TRL | peak RSS (GiB) "
-        "| RSS vs TRL | useful GFLOP/s | of matmul rate | load avg | losses |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    methods = list(dict.fromkeys(method for _, method in runs))
-    for method in methods:
-        trl = runs.get(("trl", method), {})
-        for impl in ("padded", "fast", "trl", "trl-gc"):
-            run = runs.get((impl, method))
-            if run is None:
-                continue
-            if "error" in run:
-                lines.append(f"| {method} | {NAMES[impl]} | failed: {run['error'][:80]} "
-                             "| | | | | | | | |")
-                continue
-            speed = (run["tokens_s"] / trl["tokens_s"]) if "tokens_s" in trl else float("nan")
-            memory = (run["peak_gib"] / trl["peak_gib"]) if "peak_gib" in trl else float("nan")
-            losses = ", ".join(_fmt(x, 3) for x in run["losses"])
-            lines.append(
-                f"| {method} | {NAMES[impl]} | {_fmt(run['step_s'])} | {_fmt(run['tokens_s'], 0)} "
-                f"| {_fmt(speed)}x | {_fmt(run['peak_gib'])} | {_fmt(memory)}x "
-                f"| {_fmt(run['flops'] / 1e9, 1)} | {_fmt(100 * run['flops'] / matmul_rate, 1)}% "
-                f"| {_fmt(run['load'], 1)} | {losses} |")
+    present = list(dict.fromkeys((s, d) for (s, d, _, _) in runs))
+    for settings, data in present:
+        spec = datasets[data]
+        lines += ["", f"## {SETTINGS_TITLES.get(settings, settings)}; "
+                      f"{DATA_TITLES.get(data, data)}", "",
+                  f"max_length {spec.max_length}, prompts <= {spec.max_prompt} tokens"
+                  + (f", both completions >= {spec.min_completion} tokens"
+                     if spec.min_completion > 1 else "") + ".", ""]
+        lines += _table(runs, settings, data, matmul_rate)
     lines += [
         "",
         "Tokens/s counts the prompt once per completion and no padding, the same count for "

@@ -5,12 +5,23 @@
     python bench/preference_bench.py --steps 3 --methods simpo --impls fast trl
 
 Every run is its own process (``... worker --impl fast --method simpo``), so each peak RSS
-is that run's alone. Same rows, same order, same batch (8 pairs), max_length 512, fp32,
-AdamW, on CPU unless a GPU is there. TRL 1.16's CPO and DPO trainers never cut the prompt
-(a prompt that fills max_length leaves an empty completion and a NaN loss), so the rows are
-the first ones of the file whose prompt has <= 256 tokens (preftune's max_prompt_length)
-and whose prompt + longer completion has <= 512: neither trainer truncates anything and
-both see the same tokens. The first step of each run is warm-up and is not timed.
+is that run's alone. Same rows, same order, same batch (8 pairs), AdamW, on CPU unless a
+GPU is there. Two axes:
+
+- settings: ``fp32`` (float32, no checkpointing) and ``bf16-gc``, the settings of every
+  SimPO / CPO-SimPO training YAML: float32 weights, bf16 autocast, gradient checkpointing
+  (TRL: ``bf16=True, gradient_checkpointing=True``). There TRL's memory-lean options run as
+  well: ``precompute_ref_log_probs`` for DPO and ``use_liger_kernel`` (Triton kernels:
+  GPU only, so on a CPU its row records TRL's own error).
+- data: ``hh``, HH-RLHF (long prompts, ~30-token completions; max_length 512, prompts
+  <= 256), and ``orca``, the Orca DPO pairs whose completions both have >= 150 tokens
+  (median chosen 246, rejected 351: UltraFeedback-like lengths; max_length 1024, prompts
+  <= 512).
+
+TRL 1.16's CPO and DPO trainers never cut the prompt (a prompt that fills max_length leaves
+an empty completion and a NaN loss), so the rows are the first ones of the file that fit
+untruncated: neither trainer truncates anything and both see the same tokens. The first
+step of each run is warm-up and is not timed.
 
 Tokens/step counts the prompt once per completion, no padding (preftune.trainer.
 count_tokens): the same number for every implementation. "Useful" FLOP/s is
@@ -28,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -36,23 +48,38 @@ sys.path.insert(0, str(Path(__file__).parent))
 from measure import PeakRSS, machine, matmul_flops, wait_for_memory  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
-MAX_LENGTH, MAX_PROMPT = 512, 256
+SHARED = ROOT.parent / "shared" / "data"
+
+
+@dataclass(frozen=True)
+class Data:
+    path: Path
+    max_length: int
+    max_prompt: int
+    min_completion: int = 1
+
+
+DATASETS = {"hh": Data(SHARED / "hh-rlhf-harmless-base-test.jsonl.gz", 512, 256),
+            "orca": Data(SHARED / "orca-dpo-pairs-openai-format.jsonl", 1024, 512, 150)}
+SETTINGS = ("fp32", "bf16-gc")
+IMPLS = {"fp32": ["padded", "fast", "trl"],
+         "bf16-gc": ["fast", "trl", "trl-precompute", "trl-liger"]}
 TRL_METHODS = {"simpo": ("CPO", {"loss_type": "simpo", "cpo_alpha": 0.0}),
                "cpo-simpo": ("CPO", {"loss_type": "simpo", "cpo_alpha": 0.05}),
                "dpo": ("DPO", {})}
 
 
 # -- shared by every run -----------------------------------------------------------------
-def bench_rows(tokenizer, count: int) -> list[dict]:
-    """The first ``count`` rows (prompt / chosen / rejected strings) that fit untruncated."""
+def bench_rows(tokenizer, count: int, data: Data) -> list[dict]:
+    """The first ``count`` rows (prompt / chosen / rejected) that fit untruncated."""
     from preftune.data import normalize_rows, read_file, tokenize_rows
 
-    _, rows = normalize_rows(read_file(DATA)[:count * 4], errors=[])  # bad rows skipped
+    _, rows = normalize_rows(read_file(data.path), errors=[])  # bad rows skipped
     rows = [{"prompt": r.prompt, "chosen": r.chosen, "rejected": r.rejected} for _, r in rows]
     pairs, _ = tokenize_rows(rows, tokenizer, max_length=10**6, max_prompt_length=None)
-    fits = [rows[p.example_id] for p in pairs if len(p.prompt_ids) <= MAX_PROMPT
-            and len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) <= MAX_LENGTH]
+    fits = [rows[p.example_id] for p in pairs if len(p.prompt_ids) <= data.max_prompt
+            and len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) <= data.max_length
+            and min(len(p.chosen_ids), len(p.rejected_ids)) >= data.min_completion]
     if len(fits) < count:
         raise SystemExit(f"only {len(fits)} rows fit; lower --steps")
     return fits[:count]
@@ -67,13 +94,21 @@ def preftune_run(args, tokenizer, rows) -> dict:
     from preftune.model_io import load_model
     from preftune.trainer import Trainer, count_tokens
 
-    pairs, _ = tokenize_rows(rows, tokenizer, max_length=MAX_LENGTH, max_prompt_length=MAX_PROMPT)
+    data = DATASETS[args.data]
+    pairs, _ = tokenize_rows(rows, tokenizer, max_length=data.max_length,
+                             max_prompt_length=data.max_prompt)
     switches = ["true" if args.impl == "fast" else "false"] * 3
+    bf16_gc = args.settings == "bf16-gc"
     model = load_model("smollm2")
+    if bf16_gc:  # as setup.build_model does for gradient_checkpointing: true
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
     config = load_config(None, [
         "--method", args.method, "--per_device_train_batch_size", str(args.batch),
         "--max_steps", str(args.steps), "--learning_rate", "1e-6", "--progress_bar", "false",
-        "--do_eval", "false", "--output_dir", tempfile.mkdtemp(), "--bf16", "false",
+        "--do_eval", "false", "--output_dir", tempfile.mkdtemp(),
+        "--bf16", str(bf16_gc).lower(), "--gradient_checkpointing", str(bf16_gc).lower(),
+        "--max_length", str(data.max_length), "--max_prompt_length", str(data.max_prompt),
         "--chunked_logps", switches[0], "--prefix_sharing", switches[1],
         "--packing", switches[2]])
     trainer = Trainer(config, model=model, tokenizer=tokenizer, train_pairs=pairs,
@@ -106,20 +141,23 @@ def trl_run(args, tokenizer, rows) -> dict:
     kind, extra = TRL_METHODS[args.method]
     hparams = resolve_method(MethodConfig(method=args.method)).hparams
     # TRL 1.16 turns gradient checkpointing on by default; preftune's default is off. The
-    # "trl" runs use preftune's setting; "trl-gc" keeps TRL's default.
+    # fp32 "trl" runs use preftune's setting; "trl-gc" keeps TRL's default.
+    bf16_gc = args.settings == "bf16-gc"
     common = dict(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=args.batch,
-                  gradient_checkpointing=args.impl == "trl-gc",
-                  max_steps=args.steps, learning_rate=1e-6, max_length=MAX_LENGTH,
-                  logging_steps=1, report_to="none", save_strategy="no", bf16=False,
+                  gradient_checkpointing=args.impl == "trl-gc" or bf16_gc,
+                  max_steps=args.steps, learning_rate=1e-6,
+                  max_length=DATASETS[args.data].max_length,
+                  logging_steps=1, report_to="none", save_strategy="no", bf16=bf16_gc,
                   use_cpu=not torch.cuda.is_available(), disable_tqdm=True,
-                  beta=hparams["beta"],
+                  beta=hparams["beta"], use_liger_kernel=args.impl == "trl-liger",
                   model_init_kwargs={"dtype": torch.float32})
     if kind == "CPO":
         from trl.experimental.cpo import CPOConfig, CPOTrainer as Base
 
         config = CPOConfig(**common, simpo_gamma=hparams["gamma"], **extra)
     else:
-        Base, config = trl.DPOTrainer, trl.DPOConfig(**common)
+        Base = trl.DPOTrainer
+        config = trl.DPOConfig(**common, precompute_ref_log_probs=args.impl == "trl-precompute")
 
     class Sequential(Base):  # the same batches, in the same order, as preftune's run
         def _get_train_sampler(self, *unused, **unused_kw):
@@ -161,7 +199,7 @@ def worker(args) -> None:
 
     torch.manual_seed(0)
     tokenizer = load_tokenizer("smollm2")
-    rows = bench_rows(tokenizer, args.batch * args.steps)
+    rows = bench_rows(tokenizer, args.batch * args.steps, DATASETS[args.data])
     result = (trl_run if args.impl.startswith("trl") else preftune_run)(args, tokenizer, rows)
     result["load_average"] = os.getloadavg()[0]  # other jobs on a shared machine
     Path(args.json).write_text(json.dumps(result))
@@ -197,13 +235,31 @@ def summary(result: dict, reference_pass: bool) -> dict:
             "load": result.get("load_average", float("nan"))}
 
 
+def planned(args) -> list[tuple[str, str, str, str]]:
+    """(settings, data, impl, method) of every run asked for."""
+    runs = []
+    for settings in args.settings:
+        for data in args.data:
+            for method in args.methods:
+                for impl in args.impls or IMPLS[settings]:
+                    if impl == "trl-precompute" and method != "dpo":
+                        continue  # reference-free objectives have nothing to precompute
+                    runs.append((settings, data, impl, method))
+    return runs
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("mode", nargs="?", default="all", choices=["all", "worker"])
-    parser.add_argument("--impl", default="fast", choices=["padded", "fast", "trl", "trl-gc"])
-    parser.add_argument("--impls", nargs="+", default=["padded", "fast", "trl"])
+    impls = ["padded", "fast", "trl", "trl-gc", "trl-precompute", "trl-liger"]
+    parser.add_argument("--impl", default="fast", choices=impls)
+    parser.add_argument("--impls", nargs="+", choices=impls, default=None,
+                        help="default: padded, fast, trl in fp32; fast and TRL's variants in "
+                             "bf16-gc")
     parser.add_argument("--method", default="simpo", choices=list(TRL_METHODS))
     parser.add_argument("--methods", nargs="+", default=list(TRL_METHODS))
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS)
+    parser.add_argument("--data", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--json", default="")
@@ -216,6 +272,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     args = parser.parse_args(argv)
     if args.mode == "worker":
+        args.settings, args.data = args.settings[0], args.data[0]
         return worker(args)
     from bench_report import write_report
 
@@ -223,23 +280,19 @@ def main(argv=None) -> None:
     json_dir.mkdir(parents=True, exist_ok=True)
     rate_before = matmul_flops()
     runs = {}
-    for method in args.methods:
-        for impl in args.impls:
-            need = args.need_gib * args.batch / 8 * (0.5 if impl == "fast" else 1.0)
-            result = child(json_dir, f"{impl}-{method}", need, args.patience, "--impl", impl,
-                           "--method", method, "--steps", str(args.steps), "--batch",
-                           str(args.batch))
-            runs[(impl, method)] = result if "error" in result else summary(
-                result, method == "dpo")
-    for extra in sorted(json_dir.glob("trl-gc-*.json")):  # optional: TRL's own defaults
-        method = extra.stem[len("trl-gc-"):]
-        runs[("trl-gc", method)] = summary(json.loads(extra.read_text()), method == "dpo")
+    for settings, data, impl, method in planned(args):
+        need = args.need_gib * args.batch / 8 * (0.5 if impl == "fast" else 1.0)
+        result = child(json_dir, f"{settings}-{data}-{impl}-{method}", need, args.patience,
+                       "--impl", impl, "--method", method, "--settings", settings,
+                       "--data", data, "--steps", str(args.steps), "--batch", str(args.batch))
+        runs[(settings, data, impl, method)] = result if "error" in result else summary(
+            result, method == "dpo" and impl != "trl-precompute")
     # The CPU is shared: the rate moves with other jobs' load. Rates measured at other times
     # on the same machine (e.g. by an interrupted invocation) may be added.
     rates = sorted([rate_before, matmul_flops(), *(g * 1e9 for g in args.matmul_gflops)])
     command = "python bench/preference_bench.py " + " ".join(sys.argv[1:])
     write_report(Path(args.out), command=command.strip(), machine=machine(), matmul_rates=rates,
-                 runs=runs, steps=args.steps, batch=args.batch)
+                 runs=runs, steps=args.steps, batch=args.batch, datasets=DATASETS)
     print(f"wrote {args.out}")
 
 

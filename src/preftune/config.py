@@ -31,7 +31,9 @@ class ModelConfig:
     """Reference model; default: a frozen copy of the starting policy."""
     tokenizer_name_or_path: Optional[str] = None
     torch_dtype: Optional[str] = "auto"
-    """auto: bf16 on a GPU that supports it, fp32 on CPU."""
+    """Weights' dtype. auto/null: float32 (master weights; ``bf16`` runs the matmuls in bf16
+    under autocast). bfloat16/float16 halve the weights' memory; AdamW then updates float32
+    master copies of the trainable weights (preftune.optim), so small updates still land."""
     attn_implementation: Optional[str] = None
     use_flash_attention_2: bool = False
     trust_remote_code: bool = False

@@ -51,6 +51,12 @@ def is_fsdp(accelerator) -> bool:
     return accelerator.distributed_type == _types().FSDP
 
 
+def engine(accelerator) -> str:
+    """``deepspeed``, ``fsdp`` or ``plain`` (one device, DDP): what the optimizer needs."""
+    return "deepspeed" if is_deepspeed(accelerator) else "fsdp" if is_fsdp(accelerator) \
+        else "plain"
+
+
 def configure(config, accelerator, log: Callable[[str], None] = print) -> None:
     """Before any part is built: settings the backend needs from the preftune config."""
     t = config.training

@@ -34,6 +34,18 @@ def logps_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+def token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``log softmax(logits)[target]`` over the last dimension, in ``logps_dtype``.
+
+    Written as ``logits[target] - logsumexp(logits)``: float32 ``log_softmax`` on CPU
+    reads about 8e-6 nats a token high on a 49k vocabulary (always the same sign, so a
+    sequence's sum drifts by 1e-4 and more), where logsumexp's error is some 20 times
+    smaller and unbiased. It also keeps no ``[tokens, vocab]`` log-softmax for backward."""
+    logits = logits.to(logps_dtype(logits.dtype))
+    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
 def completion_logps_from_logits(logits: torch.Tensor, input_ids: torch.Tensor,
                                  starts: Sequence[int], lengths: Sequence[int]
                                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,9 +62,7 @@ def completion_logps_from_logits(logits: torch.Tensor, input_ids: torch.Tensor,
         mask[i, :length] = True
     picked = logits.gather(1, index.unsqueeze(-1).expand(-1, -1, logits.size(-1)))
     targets = input_ids.gather(1, index + 1)
-    logps = torch.log_softmax(picked.to(logps_dtype(picked.dtype)), dim=-1)
-    logps = logps.gather(-1, targets.unsqueeze(-1))
-    return logps.squeeze(-1) * mask, mask
+    return token_logps(picked, targets) * mask, mask
 
 
 def model_forward_kwargs(model: torch.nn.Module) -> dict:

@@ -59,11 +59,11 @@ def resolve_model_path(name_or_path: str) -> str:
 
 
 def parse_dtype(name: Optional[str], device: torch.device) -> torch.dtype:
-    """``auto`` is bf16 on a GPU that supports it and fp32 on CPU (CPU bf16 is slow and
-    loses precision in the log-prob sums)."""
+    """The dtype weights are loaded in. ``auto`` and None are float32 on every device, as in
+    TRL and the SimPO repositories: float32 master weights, with the matmuls in bf16 under
+    autocast where ``bf16`` is on. (bf16 weights need master copies to keep small updates:
+    preftune.optim.) ``device`` is accepted for callers that pass it; it changes nothing."""
     if name in (None, "auto"):
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
         return torch.float32
     table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
              "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}

@@ -72,6 +72,11 @@ def wrap_lora(model, m):
     if m.load_in_4bit:
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=m.gradient_checkpointing)
+    elif m.gradient_checkpointing:
+        # Reentrant checkpointing passes gradients only to inputs that require them; with a
+        # frozen embedding nothing does, and the adapters inside checkpointed layers would
+        # get no gradient at all.
+        model.enable_input_require_grads()
     lora = LoraConfig(r=m.lora_r, lora_alpha=m.lora_alpha, lora_dropout=m.lora_dropout,
                       target_modules=m.lora_target_modules, task_type="CAUSAL_LM")
     return get_peft_model(model, lora)

@@ -32,6 +32,7 @@ from preftune.fast.grouping import LengthGroupedPlan
 from preftune.method import ResolvedMethod, resolve_method
 from preftune.metrics import JsonlLog, MetricWindow, total_loss
 from preftune.objectives import compute_objective, example_metrics, step_loss
+from preftune.optim import build_optimizer
 from preftune.signals import StopRequest
 from preftune.types import TokenizedPair
 
@@ -103,9 +104,11 @@ class Trainer:
                              f"{self.plan.global_batch} pairs")
         self.total_steps = (t.max_steps if t.max_steps > 0
                             else math.ceil(t.num_train_epochs * self.plan.steps_per_epoch))
-        self.optimizer = torch.optim.AdamW(
-            [p for p in self.model.parameters() if p.requires_grad], lr=t.learning_rate,
-            betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon, weight_decay=t.weight_decay)
+        self.optimizer, updates = build_optimizer(self.model, t, distributed.engine(self.accelerator))
+        self.precision = (f"precision: {self.accelerator.mixed_precision} autocast"
+                          if self.accelerator.mixed_precision != "no" else "precision: no autocast")
+        self.precision += f"; {updates}"
+        self.log(self.precision)
         self.model, self.optimizer, ref_model = distributed.prepare(self, ref_model)
         # On the prepared optimizer: under DeepSpeed it may be another object (CPU Adam).
         # The schedule counts optimizer steps itself; accelerate's scheduler wrapper would
@@ -130,7 +133,10 @@ class Trainer:
     # -- one micro-batch -------------------------------------------------------------
     def batch_output(self, pairs: Sequence[TokenizedPair], step: int):
         device = self.accelerator.device
-        policy = self.forward(self.model, pairs, device)
+        # Under autocast as the reference is (reference.py), so that the chunked head, which
+        # runs outside the model's own (autocast-wrapped) forward, computes in bf16 too.
+        with self.accelerator.autocast():
+            policy = self.forward(self.model, pairs, device)
         reference = self.reference(pairs, device) if self.reference is not None else None
         labels = None
         if not self.method.objective.paired:
@@ -233,6 +239,30 @@ class Trainer:
         means["loss"] = total_loss(means, self.method.nll_weight)
         return {f"eval_{k}": v for k, v in means.items()}
 
+    def run_info(self) -> dict:
+        """What ran: precision, how updates are kept, and the fast path for each model."""
+        support = getattr(self.forward, "support", None)
+        models = {"policy": self.model}
+        reference_model = getattr(self.reference, "model", None)
+        if reference_model is not None:
+            models["reference"] = reference_model
+        fast = {}
+        for role, model in models.items():
+            found = support.get(model) if support is not None else None
+            fast[role] = (found.summary if found is not None
+                          else "fast forward off (chunked_logps, prefix_sharing and packing "
+                               "all false)" if support is None else "not run yet")
+        return {"precision": self.precision, "fast_forward": fast}
+
+    def _write_run_info(self) -> None:
+        """``run_info.json`` in the output folder: a GPU run can be checked afterwards."""
+        if self.accelerator.is_main_process:
+            import json
+
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / "run_info.json").write_text(
+                json.dumps(self.run_info(), indent=2) + "\n")
+
     # -- the run ---------------------------------------------------------------------
     def train(self) -> TrainResult:
         from preftune import setup
@@ -254,8 +284,12 @@ class Trainer:
         eval_every = t.eval_steps if t.do_eval and t.eval_strategy != "no" else None
         save_every = t.save_steps if t.save_strategy != "no" else None
         with StopRequest() as stop:
+            run_info_written = False
             while self.step < self.total_steps:
                 kept = self.train_step(window)
+                if not run_info_written:  # the fast path decides on its first call
+                    self._write_run_info()
+                    run_info_written = True
                 if not kept and self.skips.consecutive >= self.skips.max_consecutive:
                     bar.close()
                     self._stop_nonfinite()

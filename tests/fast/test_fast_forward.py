@@ -167,7 +167,8 @@ def test_model_rejecting_custom_masks_falls_back_with_a_notice():
     assert_same(run(station, model, pairs, "simpo"), run(PADDED, model, pairs, "simpo"))
     support = station.support[model]
     assert support.chunked and not support.custom_mask
-    assert len(lines) == 1 and "2-D attention masks only" in lines[0]
+    assert len(lines) == 2 and "2-D attention masks only" in lines[0]
+    assert "chunked_logps on, prefix_sharing off, packing off; probe in float64" in lines[1]
 
 
 def test_model_ignoring_custom_masks_is_caught_by_the_probe():
@@ -188,7 +189,8 @@ def test_model_ignoring_custom_masks_is_caught_by_the_probe():
     pairs = random_pairs(4, vocab=VOCAB, seed=8)
     assert_same(run(station, model, pairs, "simpo"), run(PADDED, model, pairs, "simpo"))
     assert not station.support[model].custom_mask
-    assert len(lines) == 1 and "probe differs" in lines[0]
+    assert len(lines) == 2 and "probe (float64, judged against the padded path) differs" \
+        in lines[0]
 
 
 def test_unsupported_attention_and_head_are_switched_off():
@@ -216,3 +218,65 @@ def test_bf16_model_stays_close_to_the_padded_path():
         cos = torch.nn.functional.cosine_similarity(got.grads[name].float().flatten(),
                                                     e.float().flatten(), dim=0)
         assert cos > 0.99, (name, float(cos))
+
+
+def probe_lines(model, autocast: bool, pairs=None):
+    lines = []
+    station = FastForward(0, log=lines.append)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        station(model, pairs or random_pairs(4, vocab=VOCAB, seed=9), CPU)
+    return station.support[model], lines
+
+
+@pytest.mark.parametrize("weights,autocast,where", [
+    (torch.float32, True, "probe in bfloat16 autocast, judged against float32"),
+    (torch.bfloat16, False, "probe in bfloat16 weights, judged against the padded path"),
+    (torch.bfloat16, True, "probe in bfloat16 weights, judged against the padded path")])
+def test_the_probe_keeps_the_fast_path_in_bf16(weights, autocast, where):
+    """bf16 rounding (~0.05 on log-probs) is not a reason to drop the fast path: the probe
+    judges in the precision the run computes in, and says which."""
+    support, lines = probe_lines(tiny_llama(vocab_size=VOCAB, seed=0).to(weights), autocast)
+    assert support.chunked and support.custom_mask, lines
+    assert lines == [support.summary]
+    assert "chunked_logps on, prefix_sharing on, packing on; " + where in lines[0]
+
+
+def test_the_bf16_probe_still_catches_an_ignored_mask():
+    model = tiny_llama(vocab_size=VOCAB, seed=0)
+    plain_forward = model.forward
+
+    def forward(*args, **kwargs):
+        if kwargs["attention_mask"].ndim == 4:
+            kwargs["attention_mask"] = None
+            kwargs.pop("position_ids", None)
+        return plain_forward(*args, **kwargs)
+
+    model.forward = forward
+    support, lines = probe_lines(model, autocast=True)
+    assert support.chunked and not support.custom_mask
+    assert "prefix_sharing/packing off: probe (bfloat16 autocast, judged against float32)" \
+        in lines[0]
+
+
+def test_the_float32_truth_bypasses_accelerate_autocast():
+    """accelerate's bf16 wraps the model's forward in autocast; the probe's float32 truth
+    runs the original forward, so it equals a plain float32 run."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from preftune.fast.forward import without_autocast
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        model = Accelerator(cpu=True, mixed_precision="bf16").prepare(
+            tiny_llama(vocab_size=VOCAB, seed=0))
+        pairs = random_pairs(3, vocab=VOCAB, seed=1)
+        with torch.no_grad():
+            wrapped = PADDED(model, pairs, CPU)
+            with without_autocast(model):
+                plain = PADDED(model, pairs, CPU)
+            reference = PADDED(tiny_llama(vocab_size=VOCAB, seed=0), pairs, CPU)
+        assert torch.equal(plain.chosen, reference.chosen)
+        assert not torch.equal(wrapped.chosen, reference.chosen)  # bf16 did run there
+        assert "_original_forward" in model.__dict__ and "forward" in model.__dict__
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)

@@ -117,3 +117,44 @@ def test_the_bound_catches_a_token_off(monkeypatch, smollm2, pairs, padded, bug)
     expected, truth = padded["simpo"]
     with pytest.raises(AssertionError, match="from float64"):
         assert_float32_as_close(run(station, smollm2, pairs, "simpo"), expected, truth)
+
+
+LONGER = [
+    ("Explain why the sky is blue in two sentences.",
+     " Sunlight is scattered by the molecules of the air, and blue light, with its shorter "
+     "wavelength, is scattered much more than red light. So wherever we look away from the "
+     "sun, the sky sends us mostly scattered blue light.",
+     " The sky is blue because it reflects the color of the oceans, which cover most of the "
+     "planet and are blue themselves."),
+    ("Give me a tip for learning to cook.",
+     " Start with a few simple dishes you like and cook each of them several times, changing "
+     "one thing at a time, so you learn what each ingredient and step does.",
+     " Buy the most expensive knives you can find; good tools are the only thing that matters."),
+    ("What is a prime number?",
+     " A prime number is a whole number greater than one whose only divisors are one and "
+     "itself, such as 2, 3, 5, 7 and 11.", " A prime number is any odd number."),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("station", ["padded", "chunked", "fast"])
+def test_log_probs_carry_no_bias_against_float64(smollm2, smollm2_float64, tokenizer, station):
+    """Summed completion log-probs (172 tokens, sums near -276) against a float64 forward of
+    the same model: the mean signed error a token stays under 1e-6. float32 ``log_softmax``
+    on CPU read +6.3e-6 a token here, always high, so a sequence's sum drifted by 1e-3;
+    ``logits[target] - logsumexp`` reads -2.8e-8 (padded path and chunked head alike), and
+    prefix sharing's different attention kernel adds 2e-7."""
+    eos = [tokenizer.eos_token_id]
+    pairs = [TokenizedPair(i, tokenizer(p)["input_ids"], tokenizer(c)["input_ids"] + eos,
+                           tokenizer(r)["input_ids"] + eos) for i, (p, c, r) in enumerate(LONGER)]
+    forward = {"padded": PaddedForward(0),
+               "chunked": FastForward(0, prefix_sharing=False, packing=False, log=print),
+               "fast": FastForward(0, log=print)}[station]
+    with torch.no_grad():
+        truth = PaddedForward(0)(smollm2_float64, pairs, CPU)
+        got = forward(smollm2, pairs, CPU)
+    tokens = int(truth.chosen_mask.sum() + truth.rejected_mask.sum())
+    signed = float((got.chosen.double() - truth.chosen).sum()
+                   + (got.rejected.double() - truth.rejected).sum())
+    assert tokens > 150
+    assert abs(signed) / tokens < 1e-6, signed / tokens

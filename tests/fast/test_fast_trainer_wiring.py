@@ -3,6 +3,8 @@ weights as one with the padded station."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -53,5 +55,14 @@ def test_two_dpo_steps_train_the_same_weights(tmp_path, tokenizer, group_by_leng
     padded.train()
     wf, wp = fast.model.state_dict(), padded.model.state_dict()
     assert_float64_close(wf, wp, "weights")  # float64: the bound holds on any CPU
+    # What ran is written down for each model.
+    info = json.loads((tmp_path / "fast" / "run_info.json").read_text())
+    assert info["precision"] == "precision: no autocast; AdamW on float64 weights"
+    for role in ("policy", "reference"):
+        assert info["fast_forward"][role].startswith(
+            "fast forward (LlamaForCausalLM): chunked_logps on, prefix_sharing on, packing on; "
+            "probe in float64, judged against the padded path"), info
+    padded_info = json.loads((tmp_path / "padded" / "run_info.json").read_text())
+    assert padded_info["fast_forward"]["policy"].startswith("fast forward off")
     assert not torch.equal(wf["lm_head.weight"],
                            tiny_llama(vocab_size=1000).double().lm_head.weight)

@@ -12,8 +12,9 @@ that block is the same size at any vocabulary. The same idea as Liger-Kernel's f
 cross-entropy, written in plain PyTorch so it runs on CPU and GPU alike.
 
 Precision follows the plain path: the head's matmul runs in the model's (or autocast's)
-dtype and the log-softmax in float32 (float64 for a float64 model), so fp32 results agree
-to rounding and bf16 ones to bf16 rounding of the logits.
+dtype and ``logits[target] - logsumexp(logits)`` in float32 (float64 for a float64 model;
+``preftune.forward.token_logps`` says why not ``log_softmax``), so fp32 results agree to
+rounding and bf16 ones to bf16 rounding of the logits.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from preftune.forward import logps_dtype
+from preftune.forward import logps_dtype, token_logps
 
 
 @dataclass(frozen=True)
@@ -114,10 +115,7 @@ class ChunkedTokenLogps(torch.autograd.Function):
         with torch.autocast(device_type, enabled=False):
             for start, stop in chunk_bounds(hidden.shape[0], chunk_size):
                 logits, _ = _chunk_logits(hidden[start:stop].to(dtype), w, b, transform)
-                # log_softmax, not logits - logsumexp: with logits near 30, the rounding
-                # of logsumexp is a shared error of every token's log-prob and softmax.
-                log_probs = torch.log_softmax(logits, dim=-1)
-                out[start:stop] = log_probs.gather(-1, targets[start:stop, None]).squeeze(-1)
+                out[start:stop] = token_logps(logits, targets[start:stop])
         ctx.save_for_backward(hidden, weight, bias, targets)
         ctx.chunk_size, ctx.transform, ctx.dtype = chunk_size, transform, dtype
         return out
@@ -143,9 +141,9 @@ class ChunkedTokenLogps(torch.autograd.Function):
                 h = hidden[start:stop].to(dtype)
                 logits, slope = _chunk_logits(h, w, b, transform)
                 g = grad_out[start:stop, None]
-                # d log_softmax(logits)[target] / d logits = onehot(target) - softmax,
-                # the softmax taken as exp(log_softmax) like autograd's own backward.
-                grad_logits = torch.log_softmax(logits, dim=-1).exp_().mul_(-g)
+                # d (logits[target] - logsumexp(logits)) / d logits = onehot - softmax.
+                lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+                grad_logits = logits.sub_(lse).exp_().mul_(-g)
                 grad_logits.scatter_add_(-1, targets[start:stop, None], g)
                 if slope is not None:
                     grad_logits = grad_logits * slope
@@ -184,4 +182,4 @@ def plain_token_logps(hidden: torch.Tensor, weight: torch.Tensor,
                       transform: HeadTransform = HeadTransform()) -> torch.Tensor:
     """The unchunked formula (autograd keeps ``[N, vocab]``): the tests' reference."""
     logits, _ = _chunk_logits(hidden, weight, bias, transform)
-    return torch.log_softmax(logits, -1).gather(-1, targets[:, None]).squeeze(-1)
+    return token_logps(logits, targets)

@@ -22,19 +22,20 @@ gradient hooks and hidden-state capture work as in the plain path.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 import torch
 
 from preftune.fast.chunked_logps import chunked_token_logps, head_transform
 from preftune.fast.layout import Layout, build_layout, scatter_completions
-from preftune.forward import PaddedForward, logps_dtype, model_forward_kwargs
+from preftune.forward import PaddedForward, model_forward_kwargs, token_logps
 from preftune.types import SequenceLogps, TokenizedPair
 
 MASKABLE_ATTENTION = {"sdpa": "bool", "eager": "additive"}
-PROBE_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-6}  # other dtypes: 0.25
+PROBE_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-6}  # others: ProbeJudge
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -51,6 +52,8 @@ class Support:
     chunked: bool
     custom_mask: bool
     notes: tuple[str, ...] = ()
+    # The run's start line for this model (FastForward.describe).
+    summary: str = field(default="", compare=False)
 
 
 def static_support(model: torch.nn.Module, chunked: bool, custom_mask: bool) -> Support:
@@ -195,36 +198,39 @@ class FastForward:
             outputs = model(**kwargs)
             logits = outputs.logits
             picked = logits.reshape(-1, logits.shape[-1]).index_select(0, index)
-            logps = torch.log_softmax(picked.to(logps_dtype(picked.dtype)), -1)
-            logps = logps.gather(-1, targets[:, None])[:, 0]
+            logps = token_logps(picked, targets)
         chosen, chosen_mask, rejected, rejected_mask = scatter_completions(logps, layout)
         return SequenceLogps(chosen, chosen_mask, rejected, rejected_mask,
                              aux_loss=getattr(outputs, "aux_loss", None))
 
     # -- what this model supports ----------------------------------------------------
     def check(self, model, pairs: Sequence[TokenizedPair], device: torch.device) -> Support:
-        """Static checks, then (``probe``) a few-token comparison with PaddedForward."""
+        """Static checks, then (``probe``) a few-token comparison with PaddedForward, judged
+        in the run's own precision (:class:`ProbeJudge`). Logs one line saying what is on."""
         wanted_mask = self.prefix_sharing or self.packing
         support = static_support(model, self.chunked, wanted_mask)
         notes = list(support.notes)
         chunked, custom = support.chunked, support.custom_mask
+        judged = ""
         if self.probe and (chunked or custom):
             probe = probe_pairs(pairs)
             was_training = model.training
             model.eval()  # dropout (if enabled) would make the two passes differ
             try:
                 with torch.no_grad():
-                    expected = self.padded(model, probe, device)
+                    judge = ProbeJudge(model, device, self.padded(model, probe, device),
+                                       lambda: self.padded(model, probe, device))
                     if chunked:
-                        problem = self._mismatch(model, probe, device, expected, True, False)
+                        problem = self._mismatch(model, probe, device, judge, True, False)
                         if problem:
                             chunked = False
                             notes.append(f"chunked_logps off: {problem}")
                     if custom:
-                        problem = self._mismatch(model, probe, device, expected, chunked, True)
+                        problem = self._mismatch(model, probe, device, judge, chunked, True)
                         if problem:
                             custom = False
                             notes.append(f"prefix_sharing/packing off: {problem}")
+                    judged = judge.summary()
             finally:
                 model.train(was_training)
         name = type(unwrap(model)).__name__
@@ -232,21 +238,114 @@ class FastForward:
             self.log(f"fast forward ({name}): {note}")
         if (self.chunked or wanted_mask) and not (chunked or custom):
             self.log(f"fast forward ({name}): falling back to PaddedForward")
-        return Support(chunked, custom, tuple(notes))
+        result = Support(chunked, custom, tuple(notes))
+        result.summary = self.describe(name, result, judged)
+        self.log(result.summary)
+        return result
 
-    def _mismatch(self, model, probe, device, expected: SequenceLogps, chunked: bool,
+    def describe(self, name: str, support: Support, judged: str) -> str:
+        """One line: each fast-path part on or off (off: because asked, or why)."""
+        def state(wanted: bool, able: bool) -> str:
+            return "on" if wanted and able else "off (asked)" if not wanted else "off"
+
+        parts = [f"chunked_logps {state(self.chunked, support.chunked)}",
+                 f"prefix_sharing {state(self.prefix_sharing, support.custom_mask)}",
+                 f"packing {state(self.packing, support.custom_mask)}"]
+        return f"fast forward ({name}): {', '.join(parts)}" + (f"; {judged}" if judged else "")
+
+    def _mismatch(self, model, probe, device, judge: "ProbeJudge", chunked: bool,
                   custom: bool) -> Optional[str]:
         try:
             got = self.run(model, probe, device, chunked, custom)
         except Exception as error:  # noqa: BLE001 - any failure means "not supported"
             return f"probe failed ({type(error).__name__}: {str(error).splitlines()[0][:120]})"
-        dtype = next(unwrap(model).parameters()).dtype
-        tolerance = PROBE_TOLERANCE.get(dtype, 0.25)
-        worst = max(float((got.chosen - expected.chosen).abs().max()),
-                    float((got.rejected - expected.rejected).abs().max()))
-        if not worst <= tolerance:  # also catches NaN
-            return f"probe differs from PaddedForward by {worst:.3g} (tolerance {tolerance:g})"
+        return judge(got, "prefix sharing/packing" if custom else "chunked head")
+
+
+def _worst(a: SequenceLogps, b: SequenceLogps) -> float:
+    return max(float((a.chosen.double() - b.chosen.double()).abs().max()),
+               float((a.rejected.double() - b.rejected.double()).abs().max()))
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+@contextlib.contextmanager
+def without_autocast(model: torch.nn.Module):
+    """The model's own forward, outside autocast: accelerate's mixed precision wraps the
+    instance's ``forward`` in an autocast context and keeps the original as
+    ``_original_forward``; that is put back for the duration."""
+    inner = unwrap(model)
+    original = inner.__dict__.get("_original_forward")
+    patched = inner.__dict__.get("forward")
+    if original is not None:
+        inner.forward = original
+    try:
+        with torch.autocast(next(inner.parameters()).device.type, enabled=False):
+            yield
+    finally:
+        if original is not None:
+            if patched is None:
+                del inner.forward
+            else:
+                inner.forward = patched
+
+
+class ProbeJudge:
+    """Is the fast path's probe result right, in the precision the run computes in?
+
+    - float32/float64 compute: equal to PaddedForward within ``PROBE_TOLERANCE``.
+    - bf16/fp16 autocast over float32 weights: both paths are judged against PaddedForward
+      run in float32 (same weights, autocast off); the fast path is kept when it is no
+      farther from that than 3 times the padded path, plus one ulp of the compute dtype.
+      (On SmolLM2 both are ~0.1 from float32 in bf16; a model that ignores the custom mask
+      is 30 times the padded path's distance away on a tiny random model, and more on a
+      trained one.)
+    - bf16/fp16 weights: no float32 weights to compare with; equal to PaddedForward within
+      4 ulps of the weights' dtype at the log-probs' scale."""
+
+    def __init__(self, model, device: torch.device, expected: SequenceLogps, run_padded):
+        self.expected = expected
+        weights = next(unwrap(model).parameters()).dtype
+        autocast = torch.is_autocast_enabled(device.type)
+        self.compute = torch.get_autocast_dtype(device.type) if autocast else weights
+        self.truth = None
+        if self.compute not in PROBE_TOLERANCE and weights in (torch.float32, torch.float64):
+            with without_autocast(model):
+                self.truth = run_padded()
+            self.where = f"{_dtype_name(self.compute)} autocast, judged against float32"
+        elif self.compute in PROBE_TOLERANCE:
+            self.where = f"{_dtype_name(self.compute)}, judged against the padded path"
+        else:
+            self.where = (f"{_dtype_name(self.compute)} weights, judged against the padded "
+                          "path")
+        self.errors: dict[str, float] = {}
+
+    def __call__(self, got: SequenceLogps, what: str) -> Optional[str]:
+        ulp = torch.finfo(self.compute).eps
+        if self.truth is not None:
+            fast, padded = _worst(got, self.truth), _worst(self.expected, self.truth)
+            self.errors[what], self.errors["padded path"] = fast, padded
+            bound = 3 * padded + ulp
+            if not fast <= bound:  # also catches NaN
+                return (f"probe ({self.where}): {fast:.3g} from float32 against the padded "
+                        f"path's {padded:.3g} (bound {bound:.3g})")
+            return None
+        worst = _worst(got, self.expected)
+        self.errors[what] = worst
+        scale = max(1.0, float(self.expected.chosen.abs().max()),
+                    float(self.expected.rejected.abs().max()))
+        tolerance = PROBE_TOLERANCE.get(self.compute, 4 * ulp * scale)
+        if not worst <= tolerance:
+            return (f"probe ({self.where}) differs from PaddedForward by {worst:.3g} "
+                    f"(tolerance {tolerance:.3g})")
         return None
+
+    def summary(self) -> str:
+        measured = ", ".join(f"{k} {v:.3g}" for k, v in self.errors.items())
+        away = "from float32" if self.truth is not None else "from the padded path"
+        return f"probe in {self.where}" + (f" ({measured} {away})" if measured else "")
 
 
 def probe_pairs(pairs: Sequence[TokenizedPair]) -> list[TokenizedPair]:
