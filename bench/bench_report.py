@@ -9,12 +9,17 @@ from pathlib import Path
 from preftune.fast.chunked_logps import auto_chunk_size
 
 NAMES = {"padded": "preftune, padded forward", "fast": "preftune, fast forward",
+         "fast-flex": "preftune, fast forward, FlexAttention",
          "trl": "TRL 1.16", "trl-gc": "TRL 1.16, gradient checkpointing on (its default)",
          "trl-precompute": "TRL 1.16, precompute_ref_log_probs",
          "trl-liger": "TRL 1.16, use_liger_kernel"}
 SETTINGS_TITLES = {"fp32": "float32, no gradient checkpointing",
                    "bf16-gc": "bf16 autocast over float32 weights, gradient checkpointing "
                               "(the SimPO repositories' training settings)"}
+MODEL_TITLES = {"smollm2": "SmolLM2-135M-Instruct",
+                "smollm2-random": "SmolLM2-135M architecture, random weights",
+                "llama-1b-random": "Llama-3.2-1B architecture (1.2B), random weights",
+                "tiny-random": "a 2-layer random Llama (plumbing check only)"}
 DATA_TITLES = {"hh": "HH-RLHF: long prompts, short completions",
                "orca": "Orca DPO pairs: completions of several hundred tokens"}
 
@@ -23,16 +28,16 @@ def _fmt(value: float, digits: int = 2) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 
-def _table(runs: dict, settings: str, data: str, matmul_rate: float) -> list[str]:
-    lines = ["| method | implementation | step time (s) | tokens/s | speed vs TRL | step time "
-             "vs TRL | peak RSS (GiB) | RSS vs TRL | useful GFLOP/s | of matmul rate "
+def _table(runs: dict, section: tuple, matmul_rate: float, memory: str) -> list[str]:
+    lines = [f"| method | implementation | step time (s) | tokens/s | speed vs TRL | step time "
+             f"vs TRL | {memory} (GiB) | memory vs TRL | useful GFLOP/s | of matmul rate "
              "| load avg | losses |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    methods = list(dict.fromkeys(m for (s, d, _, m) in runs if (s, d) == (settings, data)))
+    methods = list(dict.fromkeys(key[-1] for key in runs if key[:3] == section))
     for method in methods:
-        trl = runs.get((settings, data, "trl", method), {})
+        trl = runs.get((*section, "trl", method), {})
         for impl in NAMES:
-            run = runs.get((settings, data, impl, method))
+            run = runs.get((*section, impl, method))
             if run is None:
                 continue
             if "error" in run:
@@ -53,7 +58,10 @@ def _table(runs: dict, settings: str, data: str, matmul_rate: float) -> list[str
 
 
 def write_report(path: Path, *, command: str, machine: str, matmul_rates: list, runs: dict,
-                 steps: int, batch: int, datasets: dict) -> None:
+                 steps: int, batch: int, datasets: dict, block: str = "preference") -> None:
+    """``runs``: {(model, settings, data, impl, method): summary}; written into the
+    ``block`` section of ``path`` (``preference`` on CPU, ``gpu`` on a GPU)."""
+    memory = "peak CUDA memory" if block == "gpu" else "peak RSS"
     matmul_rate = sorted(matmul_rates)[len(matmul_rates) // 2]
     lines = [
         "# Benchmarks",
@@ -68,8 +76,10 @@ def write_report(path: Path, *, command: str, machine: str, matmul_rates: list, 
         "- measured fp32 matmul rate (2048^3, best of 5), at several times since the CPU is "
         f"shared: {', '.join(f'{r / 1e9:.1f}' for r in matmul_rates)} GFLOP/s; fractions "
         f"below use the median, {matmul_rate / 1e9:.1f}",
-        f"- SmolLM2-135M-Instruct, batch {batch} pairs, AdamW, {steps} steps per run, the "
-        "first one untimed; one process per run; no row truncated by either trainer.",
+        f"- batch {batch} pairs, AdamW, {steps} steps per run, the first one untimed; one "
+        "process per run; no row truncated by either trainer; memory: "
+        + ("`torch.cuda.max_memory_allocated`" if block == "gpu" else
+           "the process's peak resident memory") + ".",
         "",
         "The fast forward (`src/preftune/fast/`, on by default; `--chunked_logps`, "
         "`--prefix_sharing`, `--packing` switch its parts off) returns the padded path's "
@@ -81,15 +91,16 @@ def write_report(path: Path, *, command: str, machine: str, matmul_rates: list, 
         f"Chunked head: the default chunk, {auto_chunk_size(49152)} tokens at SmolLM2's "
         "49,152 vocabulary.",
     ]
-    present = list(dict.fromkeys((s, d) for (s, d, _, _) in runs))
-    for settings, data in present:
+    present = list(dict.fromkeys(key[:3] for key in runs))
+    for model, settings, data in present:
         spec = datasets[data]
-        lines += ["", f"## {SETTINGS_TITLES.get(settings, settings)}; "
+        lines += ["", f"## {MODEL_TITLES.get(model, model)}: "
+                      f"{SETTINGS_TITLES.get(settings, settings)}; "
                       f"{DATA_TITLES.get(data, data)}", "",
                   f"max_length {spec.max_length}, prompts <= {spec.max_prompt} tokens"
                   + (f", both completions >= {spec.min_completion} tokens"
                      if spec.min_completion > 1 else "") + ".", ""]
-        lines += _table(runs, settings, data, matmul_rate)
+        lines += _table(runs, (model, settings, data), matmul_rate, memory)
     lines += [
         "",
         "Tokens/s counts the prompt once per completion and no padding, the same count for "
@@ -106,16 +117,20 @@ def write_report(path: Path, *, command: str, machine: str, matmul_rates: list, 
         "",
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(_keep_other_sections(path, "\n".join(lines)))
+    path.write_text(_keep_other_sections(path, "\n".join(lines), block))
 
 
-def _keep_other_sections(path: Path, ours: str) -> str:
+def _keep_other_sections(path: Path, ours: str, block: str = "preference") -> str:
     """Other benchmarks add their own ``<!-- name:start --> ... <!-- name:end -->`` blocks
     to the same file: keep them after this report."""
     import re
 
     old = path.read_text() if path.exists() else ""
-    kept = [m.group(0) for m in re.finditer(r"<!-- (\w+):start -->.*?<!-- \1:end -->", old,
-                                            flags=re.S) if m.group(1) != "preference"]
-    return "\n\n".join(["<!-- preference:start -->\n" + ours.rstrip() +
-                         "\n<!-- preference:end -->", *kept]) + "\n"
+    blocks = {m.group(1): m.group(0) for m in re.finditer(
+        r"<!-- (\w+):start -->.*?<!-- \1:end -->", old, flags=re.S)}
+    if block != "preference":  # a GPU report follows the CPU one
+        ours = ours.replace("# Benchmarks", "# Benchmarks on a GPU", 1)
+    blocks[block] = f"<!-- {block}:start -->\n" + ours.rstrip() + f"\n<!-- {block}:end -->"
+    first = [name for name in ("preference", "gpu") if name in blocks]
+    order = first + [name for name in blocks if name not in first]
+    return "\n\n".join(blocks[name] for name in order) + "\n"

@@ -62,6 +62,20 @@ class Data:
 DATASETS = {"hh": Data(SHARED / "hh-rlhf-harmless-base-test.jsonl.gz", 512, 256),
             "orca": Data(SHARED / "orca-dpo-pairs-openai-format.jsonl", 1024, 512, 150)}
 SETTINGS = ("fp32", "bf16-gc")
+# smollm2: the real SmolLM2-135M-Instruct. The random ones need only its tokenizer (for a
+# GPU machine without the GGUF package): its architecture, and a 1.2B Llama-3.2-1B-shaped one.
+MODELS = {"smollm2": None,
+          "smollm2-random": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536,
+                                 num_hidden_layers=30, num_attention_heads=9,
+                                 num_key_value_heads=3, tie_word_embeddings=True),
+          "llama-1b-random": dict(vocab_size=128256, hidden_size=2048,
+                                  intermediate_size=8192, num_hidden_layers=16,
+                                  num_attention_heads=32, num_key_value_heads=8,
+                                  tie_word_embeddings=True, rope_theta=500000.0),
+          # A smoke test of the benchmark's plumbing in seconds.
+          "tiny-random": dict(vocab_size=49152, hidden_size=64, intermediate_size=128,
+                              num_hidden_layers=2, num_attention_heads=4,
+                              num_key_value_heads=2, tie_word_embeddings=True)}
 IMPLS = {"fp32": ["padded", "fast", "trl"],
          "bf16-gc": ["fast", "trl", "trl-precompute", "trl-liger"]}
 TRL_METHODS = {"simpo": ("CPO", {"loss_type": "simpo", "cpo_alpha": 0.0}),
@@ -86,6 +100,43 @@ def bench_rows(tokenizer, count: int, data: Data) -> list[dict]:
 
 
 # -- one run (a child process) ------------------------------------------------------------
+def bench_model(name: str) -> torch.nn.Module:
+    """float32 weights (both trainers keep float32 masters under bf16 autocast)."""
+    if MODELS[name] is None:
+        from preftune.model_io import load_model
+
+        return load_model("smollm2")
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(**MODELS[name], max_position_embeddings=4096,
+                         attn_implementation="sdpa")
+    return LlamaForCausalLM(config).float()
+
+
+class PeakMemory:
+    """Peak resident memory on CPU (sampled), ``torch.cuda.max_memory_allocated`` on a GPU."""
+
+    def __init__(self):
+        self.cuda = torch.cuda.is_available()
+
+    def start(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.baseline = torch.cuda.memory_allocated()
+        else:
+            self.rss = PeakRSS().start()
+            self.baseline = self.rss.baseline
+        return self
+
+    def stop(self) -> int:
+        if self.cuda:
+            torch.cuda.synchronize()
+            return torch.cuda.max_memory_allocated()
+        return self.rss.stop()
+
+
 def preftune_run(args, tokenizer, rows) -> dict:
     from preftune.batching import BatchPlan
     from preftune.config import load_config
@@ -97,9 +148,9 @@ def preftune_run(args, tokenizer, rows) -> dict:
     data = DATASETS[args.data]
     pairs, _ = tokenize_rows(rows, tokenizer, max_length=data.max_length,
                              max_prompt_length=data.max_prompt)
-    switches = ["true" if args.impl == "fast" else "false"] * 3
+    switches = ["true" if args.impl.startswith("fast") else "false"] * 3
     bf16_gc = args.settings == "bf16-gc"
-    model = load_model("smollm2")
+    model = bench_model(args.model)
     if bf16_gc:  # as setup.build_model does for gradient_checkpointing: true
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
@@ -110,22 +161,28 @@ def preftune_run(args, tokenizer, rows) -> dict:
         "--bf16", str(bf16_gc).lower(), "--gradient_checkpointing", str(bf16_gc).lower(),
         "--max_length", str(data.max_length), "--max_prompt_length", str(data.max_prompt),
         "--chunked_logps", switches[0], "--prefix_sharing", switches[1],
-        "--packing", switches[2]])
+        "--packing", switches[2],
+        "--fast_attention", "flex" if args.impl == "fast-flex" else "dense"])
     trainer = Trainer(config, model=model, tokenizer=tokenizer, train_pairs=pairs,
                       log=lambda line: print(line, file=sys.stderr))
     trainer.plan = BatchPlan(len(pairs), args.batch, 1, 1, 0, shuffle=False)
     times, losses, tokens = [], [], []
-    memory = PeakRSS().start()
+    memory = PeakMemory().start()
     for step in range(args.steps):
         window = MetricWindow()
         start = time.perf_counter()
         trainer.train_step(window)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
         means = window.means(lambda t: t)
         losses.append(total_loss(means, trainer.method.nll_weight))
         tokens.append(count_tokens(pairs[step * args.batch:(step + 1) * args.batch]))
+    support = trainer.forward.support.get(trainer.model) if hasattr(trainer.forward,
+                                                                      "support") else None
     return {"times": times, "losses": losses, "tokens": tokens, "peak_rss": memory.stop(),
-            "baseline_rss": memory.baseline, "params": sum(p.numel() for p in model.parameters())}
+            "baseline_rss": memory.baseline, "params": sum(p.numel() for p in model.parameters()),
+            "fast_forward": support.summary if support is not None else "off"}
 
 
 def trl_run(args, tokenizer, rows) -> dict:
@@ -170,14 +227,25 @@ def trl_run(args, tokenizer, rows) -> dict:
             self.start = time.perf_counter()
 
         def on_step_end(self, *unused, **unused_kw):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
             times.append(time.perf_counter() - self.start)
 
         def on_log(self, _args, _state, _control, logs=None, **unused):
             if logs and "loss" in logs:
                 losses.append(float(logs["loss"]))
 
-    trainer = Sequential(model=str(bundled_smollm2()), args=config, processing_class=tokenizer,
-                         train_dataset=Dataset.from_list(rows), callbacks=[Clock()])
+    model = str(bundled_smollm2()) if MODELS[args.model] is None else bench_model(args.model)
+    extra_models = {}
+    if not isinstance(model, str):
+        config.model_init_kwargs = None  # TRL refuses init kwargs with a model object
+        if kind == "DPO":  # a model object has no hub name to load the reference from
+            import copy
+
+            extra_models["ref_model"] = copy.deepcopy(model)
+    trainer = Sequential(model=model, args=config, processing_class=tokenizer,
+                         train_dataset=Dataset.from_list(rows), callbacks=[Clock()],
+                         **extra_models)
     data = trainer.train_dataset
     if "chosen_input_ids" in data.column_names:  # CPO: prompt + completion per side
         tokens = [len(c) + len(r) for c, r in zip(data["chosen_input_ids"],
@@ -185,7 +253,7 @@ def trl_run(args, tokenizer, rows) -> dict:
     else:
         tokens = [2 * len(p) + len(c) + len(r) for p, c, r in zip(
             data["prompt_ids"], data["chosen_ids"], data["rejected_ids"])]
-    memory = PeakRSS().start()
+    memory = PeakMemory().start()
     trainer.train()
     step_tokens = [sum(tokens[i:i + args.batch]) for i in range(0, len(tokens), args.batch)]
     return {"times": times, "losses": losses, "tokens": step_tokens[:args.steps],
@@ -198,7 +266,7 @@ def worker(args) -> None:
     from preftune.model_io import load_tokenizer
 
     torch.manual_seed(0)
-    tokenizer = load_tokenizer("smollm2")
+    tokenizer = load_tokenizer(args.tokenizer)
     rows = bench_rows(tokenizer, args.batch * args.steps, DATASETS[args.data])
     result = (trl_run if args.impl.startswith("trl") else preftune_run)(args, tokenizer, rows)
     result["load_average"] = os.getloadavg()[0]  # other jobs on a shared machine
@@ -235,23 +303,24 @@ def summary(result: dict, reference_pass: bool) -> dict:
             "load": result.get("load_average", float("nan"))}
 
 
-def planned(args) -> list[tuple[str, str, str, str]]:
-    """(settings, data, impl, method) of every run asked for."""
+def planned(args) -> list[tuple[str, str, str, str, str]]:
+    """(model, settings, data, impl, method) of every run asked for."""
     runs = []
-    for settings in args.settings:
-        for data in args.data:
-            for method in args.methods:
-                for impl in args.impls or IMPLS[settings]:
-                    if impl == "trl-precompute" and method != "dpo":
-                        continue  # reference-free objectives have nothing to precompute
-                    runs.append((settings, data, impl, method))
+    for model in args.models:
+        for settings in args.settings:
+            for data in args.data:
+                for method in args.methods:
+                    for impl in args.impls or IMPLS[settings]:
+                        if impl == "trl-precompute" and method != "dpo":
+                            continue  # reference-free objectives have nothing to precompute
+                        runs.append((model, settings, data, impl, method))
     return runs
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("mode", nargs="?", default="all", choices=["all", "worker"])
-    impls = ["padded", "fast", "trl", "trl-gc", "trl-precompute", "trl-liger"]
+    impls = ["padded", "fast", "fast-flex", "trl", "trl-gc", "trl-precompute", "trl-liger"]
     parser.add_argument("--impl", default="fast", choices=impls)
     parser.add_argument("--impls", nargs="+", choices=impls, default=None,
                         help="default: padded, fast, trl in fp32; fast and TRL's variants in "
@@ -260,6 +329,10 @@ def main(argv=None) -> None:
     parser.add_argument("--methods", nargs="+", default=list(TRL_METHODS))
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS)
     parser.add_argument("--data", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--models", "--model", nargs="+", default=["smollm2"],
+                        choices=list(MODELS))
+    parser.add_argument("--tokenizer", default="smollm2",
+                        help="tokenizer folder (smollm2: the bundled one)")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--json", default="")
@@ -267,12 +340,14 @@ def main(argv=None) -> None:
     parser.add_argument("--need-gib", type=float, default=13.5,
                         help="free memory to wait for before a batch-8 SmolLM2 run")
     parser.add_argument("--patience", type=float, default=3600.0)
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="start no run after this many seconds (their rows say so)")
     parser.add_argument("--matmul-gflops", nargs="*", type=float, default=[],
                         help="matmul rates measured at other times on this machine, to report with")
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     args = parser.parse_args(argv)
     if args.mode == "worker":
-        args.settings, args.data = args.settings[0], args.data[0]
+        args.settings, args.data, args.model = args.settings[0], args.data[0], args.models[0]
         return worker(args)
     from bench_report import write_report
 
@@ -280,19 +355,27 @@ def main(argv=None) -> None:
     json_dir.mkdir(parents=True, exist_ok=True)
     rate_before = matmul_flops()
     runs = {}
-    for settings, data, impl, method in planned(args):
-        need = args.need_gib * args.batch / 8 * (0.5 if impl == "fast" else 1.0)
-        result = child(json_dir, f"{settings}-{data}-{impl}-{method}", need, args.patience,
-                       "--impl", impl, "--method", method, "--settings", settings,
-                       "--data", data, "--steps", str(args.steps), "--batch", str(args.batch))
-        runs[(settings, data, impl, method)] = result if "error" in result else summary(
+    started = time.perf_counter()
+    for model, settings, data, impl, method in planned(args):
+        if args.budget_s is not None and time.perf_counter() - started > args.budget_s:
+            runs[(model, settings, data, impl, method)] = {
+                "error": f"not run: past the {args.budget_s:.0f} s budget"}
+            continue
+        need = args.need_gib * args.batch / 8 * (0.5 if impl.startswith("fast") else 1.0)
+        name = ("" if model == "smollm2" else f"{model}-") + f"{settings}-{data}-{impl}-{method}"
+        result = child(json_dir, name, need, args.patience, "--impl", impl, "--method", method,
+                       "--settings", settings, "--data", data, "--model", model,
+                       "--tokenizer", args.tokenizer, "--steps", str(args.steps),
+                       "--batch", str(args.batch))
+        runs[(model, settings, data, impl, method)] = result if "error" in result else summary(
             result, method == "dpo" and impl != "trl-precompute")
     # The CPU is shared: the rate moves with other jobs' load. Rates measured at other times
     # on the same machine (e.g. by an interrupted invocation) may be added.
     rates = sorted([rate_before, matmul_flops(), *(g * 1e9 for g in args.matmul_gflops)])
     command = "python bench/preference_bench.py " + " ".join(sys.argv[1:])
     write_report(Path(args.out), command=command.strip(), machine=machine(), matmul_rates=rates,
-                 runs=runs, steps=args.steps, batch=args.batch, datasets=DATASETS)
+                 runs=runs, steps=args.steps, batch=args.batch, datasets=DATASETS,
+                 block="gpu" if torch.cuda.is_available() else "preference")
     print(f"wrote {args.out}")
 
 

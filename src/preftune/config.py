@@ -169,6 +169,12 @@ class TrainingConfig:
     """Several pairs per row (block-diagonal mask), no padding between them."""
     max_tokens_per_row: Optional[int] = None
     """Token budget of a packed row; None: the batch's longest sequence."""
+    fast_attention: str = "auto"
+    """How prefix sharing and packing reach attention: ``dense`` (a [rows, 1, T, T] mask for
+    SDPA or eager), ``flex`` (FlexAttention block masks; the model is switched to
+    ``flex_attention``, and back to dense where the first-call probe finds no backward, as
+    on CPU) or ``auto``: the model's own implementation, so flex for a model loaded with
+    ``attn_implementation: flex_attention`` and dense otherwise."""
     group_by_length: bool = False
     """Batch pairs of similar length together (seeded, mega-batches of 50 batches)."""
 

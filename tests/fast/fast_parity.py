@@ -28,25 +28,28 @@ class Result:
     grads: dict[str, torch.Tensor]
 
 
-def run(forward, model, pairs, method: str, reference_model=None) -> Result:
+def run(forward, model, pairs, method: str, reference_model=None, device=CPU) -> Result:
     """One micro-batch as the trainer runs it: policy (and reference) log-probs, the step
-    loss of ``method``, and every parameter's gradient."""
+    loss of ``method``, and every parameter's gradient (on the CPU, for comparing)."""
     resolved = resolve_method(MethodConfig(method=method))
     model.zero_grad(set_to_none=True)
-    policy = forward(model, pairs, CPU)
+    policy = forward(model, pairs, device)
     reference = None
     if resolved.needs_reference:
         with torch.no_grad():
-            reference = forward(reference_model, pairs, CPU).detach()
+            reference = forward(reference_model, pairs, device).detach()
     output = compute_objective(resolved.objective, resolved.hparams, policy, reference,
                                example_ids=[p.example_id for p in pairs],
                                nll_weight=resolved.nll_weight)
     loss = step_loss(output, examples_in_step=len(pairs),
                      nll_tokens_in_step=sum(len(p.chosen_ids) for p in pairs))
     loss.backward()
-    grads = {name: p.grad.detach().clone() for name, p in model.named_parameters()
+    grads = {name: p.grad.detach().cpu().clone() for name, p in model.named_parameters()
              if p.grad is not None}
-    return Result(policy.detach(), loss.detach(), grads)
+    policy = policy.detach()
+    on_cpu = SequenceLogps(policy.chosen.cpu(), policy.chosen_mask.cpu(), policy.rejected.cpu(),
+                           policy.rejected_mask.cpu())
+    return Result(on_cpu, loss.detach().cpu(), grads)
 
 
 def assert_same_layout(got: Result, expected: Result) -> None:

@@ -238,7 +238,7 @@ def test_the_probe_keeps_the_fast_path_in_bf16(weights, autocast, where):
     support, lines = probe_lines(tiny_llama(vocab_size=VOCAB, seed=0).to(weights), autocast)
     assert support.chunked and support.custom_mask, lines
     assert lines == [support.summary]
-    assert "chunked_logps on, prefix_sharing on, packing on; " + where in lines[0]
+    assert "chunked_logps on, prefix_sharing on, packing on, attention dense (4-D mask); " + where in lines[0]
 
 
 def test_the_bf16_probe_still_catches_an_ignored_mask():

@@ -60,8 +60,8 @@ def test_two_dpo_steps_train_the_same_weights(tmp_path, tokenizer, group_by_leng
     assert info["precision"] == "precision: no autocast; AdamW on float64 weights"
     for role in ("policy", "reference"):
         assert info["fast_forward"][role].startswith(
-            "fast forward (LlamaForCausalLM): chunked_logps on, prefix_sharing on, packing on; "
-            "probe in float64, judged against the padded path"), info
+            "fast forward (LlamaForCausalLM): chunked_logps on, prefix_sharing on, packing on, "
+            "attention dense (4-D mask); probe in float64, judged against the padded path"), info
     padded_info = json.loads((tmp_path / "padded" / "run_info.json").read_text())
     assert padded_info["fast_forward"]["policy"].startswith("fast forward off")
     assert not torch.equal(wf["lm_head.weight"],

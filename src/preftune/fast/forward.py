@@ -29,12 +29,14 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from preftune.fast import flex
 from preftune.fast.chunked_logps import chunked_token_logps, head_transform
 from preftune.fast.layout import Layout, build_layout, scatter_completions
 from preftune.forward import PaddedForward, model_forward_kwargs, token_logps
 from preftune.types import SequenceLogps, TokenizedPair
 
-MASKABLE_ATTENTION = {"sdpa": "bool", "eager": "additive"}
+MASKABLE_ATTENTION = {"sdpa": "bool", "eager": "additive", flex.FLEX: "block"}
+ATTENTION_CHOICES = ("auto", "dense", "flex")
 PROBE_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-6}  # others: ProbeJudge
 
 
@@ -54,6 +56,7 @@ class Support:
     notes: tuple[str, ...] = ()
     # The run's start line for this model (FastForward.describe).
     summary: str = field(default="", compare=False)
+    flex: bool = field(default=False, compare=False)  # custom masks as FlexAttention blocks
 
 
 def static_support(model: torch.nn.Module, chunked: bool, custom_mask: bool) -> Support:
@@ -138,9 +141,13 @@ class FastForward:
                  chunk_size: Optional[int] = None,
                  prefix_sharing: bool = True, packing: bool = True,
                  max_tokens_per_row: Optional[int] = None, probe: bool = True,
-                 log: Callable[[str], None] = print):
+                 attention: str = "auto", log: Callable[[str], None] = print):
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"logps_chunk_size must be >= 1, got {chunk_size}")
+        if attention not in ATTENTION_CHOICES:
+            raise ValueError(f"fast_attention must be one of {', '.join(ATTENTION_CHOICES)}, "
+                             f"got {attention!r}")
+        self.attention = attention
         self.padded = PaddedForward(pad_token_id)
         self.pad_token_id = pad_token_id
         self.chunked, self.chunk_size = chunked, chunk_size
@@ -159,10 +166,10 @@ class FastForward:
             support = self.support[model] = self.check(model, pairs, device)
         if not (support.chunked or support.custom_mask):
             return self.padded(model, pairs, device)
-        return self.run(model, pairs, device, support.chunked, support.custom_mask)
+        return self.run(model, pairs, device, support.chunked, support.custom_mask, support.flex)
 
     def run(self, model, pairs: Sequence[TokenizedPair], device: torch.device,
-            chunked: bool, custom_mask: bool) -> SequenceLogps:
+            chunked: bool, custom_mask: bool, use_flex: bool = False) -> SequenceLogps:
         inner = unwrap(model)
         config = getattr(inner, "config", None)
         custom = custom_mask and (self.prefix_sharing or self.packing)
@@ -180,7 +187,8 @@ class FastForward:
         if custom:
             dtype = next(inner.parameters()).dtype
             kind = MASKABLE_ATTENTION[config._attn_implementation]
-            kwargs["attention_mask"] = attention_mask(layout, kind, dtype, device)
+            kwargs["attention_mask"] = (flex.block_mask(layout, device) if use_flex
+                                        else attention_mask(layout, kind, dtype, device))
             kwargs["position_ids"] = layout.position_ids.to(device)
         else:
             kwargs["attention_mask"] = layout.padding_mask().to(device)
@@ -211,6 +219,7 @@ class FastForward:
         support = static_support(model, self.chunked, wanted_mask)
         notes = list(support.notes)
         chunked, custom = support.chunked, support.custom_mask
+        use_flex = custom and self._attention_switch(model, device, notes)
         judged = ""
         if self.probe and (chunked or custom):
             probe = probe_pairs(pairs)
@@ -225,7 +234,15 @@ class FastForward:
                         if problem:
                             chunked = False
                             notes.append(f"chunked_logps off: {problem}")
-                    if custom:
+                    if custom and use_flex:
+                        problem = (self._mismatch(model, probe, device, judge, chunked, True,
+                                                  True) or self._flex_backward(model, probe,
+                                                                                device, chunked))
+                        if problem:
+                            use_flex = False
+                            notes.append(f"flex attention off: {problem}")
+                            self._set_attention(model, self._dense_implementation)
+                    if custom and not use_flex:
                         problem = self._mismatch(model, probe, device, judge, chunked, True)
                         if problem:
                             custom = False
@@ -238,7 +255,7 @@ class FastForward:
             self.log(f"fast forward ({name}): {note}")
         if (self.chunked or wanted_mask) and not (chunked or custom):
             self.log(f"fast forward ({name}): falling back to PaddedForward")
-        result = Support(chunked, custom, tuple(notes))
+        result = Support(chunked, custom, tuple(notes), flex=custom and use_flex)
         result.summary = self.describe(name, result, judged)
         self.log(result.summary)
         return result
@@ -251,12 +268,63 @@ class FastForward:
         parts = [f"chunked_logps {state(self.chunked, support.chunked)}",
                  f"prefix_sharing {state(self.prefix_sharing, support.custom_mask)}",
                  f"packing {state(self.packing, support.custom_mask)}"]
+        if support.custom_mask:
+            parts.append("attention flex (block mask)" if support.flex
+                         else "attention dense (4-D mask)")
         return f"fast forward ({name}): {', '.join(parts)}" + (f"; {judged}" if judged else "")
 
-    def _mismatch(self, model, probe, device, judge: "ProbeJudge", chunked: bool,
-                  custom: bool) -> Optional[str]:
+    # -- dense 4-D masks or FlexAttention blocks ---------------------------------------
+    _dense_implementation = "sdpa"
+
+    def _set_attention(self, model, implementation: str) -> None:
+        unwrap(model).set_attn_implementation(implementation)
+
+    def _attention_switch(self, model, device: torch.device, notes: list) -> bool:
+        """Whether custom masks go in as FlexAttention blocks, switching the model's
+        attention implementation where ``attention`` asks for it. auto keeps the model's
+        own: flex for a model loaded with ``flex_attention``, dense masks otherwise."""
+        config = getattr(unwrap(model), "config", None)
+        current = getattr(config, "_attn_implementation", None)
+        wanted = {"auto": current == flex.FLEX, "flex": True, "dense": False}[self.attention]
+        if wanted and not flex.available():
+            notes.append("flex attention off: this torch has no FlexAttention")
+            wanted = False
+        elif wanted and device.type == "cpu":
+            # No backward there, and torch 2.13's CPU code generation for it fails to
+            # compile for some shapes: a later batch could stop the run.
+            notes.append("flex attention off: torch runs FlexAttention on CPU without a "
+                         "backward; dense masks instead")
+            wanted = False
+        if wanted != (current == flex.FLEX):
+            try:
+                if not wanted:
+                    self._set_attention(model, self._dense_implementation)
+                else:
+                    self._dense_implementation = current or "sdpa"
+                    self._set_attention(model, flex.FLEX)
+            except (ValueError, ImportError) as error:
+                notes.append(f"flex attention off: {str(error).splitlines()[0][:120]}")
+                return False
+        return wanted
+
+    def _flex_backward(self, model, probe, device, chunked: bool) -> Optional[str]:
+        """A model that trains needs FlexAttention's backward (torch has none on CPU)."""
+        trainable = [p for p in unwrap(model).parameters() if p.requires_grad]
+        if not trainable:
+            return None  # a frozen reference: forward only
         try:
-            got = self.run(model, probe, device, chunked, custom)
+            with torch.enable_grad():
+                got = self.run(model, probe, device, chunked, True, True)
+                torch.autograd.grad(got.chosen.sum() + got.rejected.sum(), trainable[:1],
+                                    allow_unused=True)
+        except Exception as error:  # noqa: BLE001 - any failure means "not supported"
+            return f"no backward ({type(error).__name__}: {str(error).splitlines()[0][:100]})"
+        return None
+
+    def _mismatch(self, model, probe, device, judge: "ProbeJudge", chunked: bool,
+                  custom: bool, use_flex: bool = False) -> Optional[str]:
+        try:
+            got = self.run(model, probe, device, chunked, custom, use_flex)
         except Exception as error:  # noqa: BLE001 - any failure means "not supported"
             return f"probe failed ({type(error).__name__}: {str(error).splitlines()[0][:120]})"
         return judge(got, "prefix sharing/packing" if custom else "chunked head")
@@ -364,4 +432,5 @@ def build_forward(config, tokenizer=None, log: Callable[[str], None] = print):
         return PaddedForward(pad)
     return FastForward(pad, chunked=t.chunked_logps, chunk_size=t.logps_chunk_size,
                        prefix_sharing=t.prefix_sharing, packing=t.packing,
-                       max_tokens_per_row=t.max_tokens_per_row, log=log)
+                       max_tokens_per_row=t.max_tokens_per_row, attention=t.fast_attention,
+                       log=log)
