@@ -142,7 +142,6 @@ def preftune_run(args, tokenizer, rows) -> dict:
     from preftune.config import load_config
     from preftune.data import tokenize_rows
     from preftune.metrics import MetricWindow, total_loss
-    from preftune.model_io import load_model
     from preftune.trainer import Trainer, count_tokens
 
     data = DATASETS[args.data]

@@ -65,6 +65,13 @@ def completion_logps_from_logits(logits: torch.Tensor, input_ids: torch.Tensor,
     return token_logps(picked, targets) * mask, mask
 
 
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside DDP / DeepSpeed / accelerate wrappers."""
+    while isinstance(getattr(model, "module", None), torch.nn.Module):
+        model = model.module
+    return model
+
+
 def model_forward_kwargs(model: torch.nn.Module) -> dict:
     """Ask mixture-of-experts models for their router loss so it can join the objective."""
     config = getattr(model, "config", None)

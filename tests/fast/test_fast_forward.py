@@ -171,10 +171,8 @@ def test_model_rejecting_custom_masks_falls_back_with_a_notice():
     assert "chunked_logps on, prefix_sharing off, packing off; probe in float64" in lines[1]
 
 
-def test_model_ignoring_custom_masks_is_caught_by_the_probe():
-    """A model that silently drops the 4-D mask and position ids would score rejected
-    tokens after the chosen ones: the first-call probe sees the difference."""
-    model = tiny_llama(vocab_size=VOCAB, seed=0).double()
+def ignoring_custom_masks(model):
+    """A model that silently drops a 4-D mask and the position ids."""
     plain_forward = model.forward
 
     def forward(*args, **kwargs):
@@ -184,6 +182,13 @@ def test_model_ignoring_custom_masks_is_caught_by_the_probe():
         return plain_forward(*args, **kwargs)
 
     model.forward = forward
+    return model
+
+
+def test_model_ignoring_custom_masks_is_caught_by_the_probe():
+    """A model that silently drops the 4-D mask and position ids would score rejected
+    tokens after the chosen ones: the first-call probe sees the difference."""
+    model = ignoring_custom_masks(tiny_llama(vocab_size=VOCAB, seed=0).double())
     lines = []
     station = FastForward(0, log=lines.append)
     pairs = random_pairs(4, vocab=VOCAB, seed=8)
@@ -242,16 +247,7 @@ def test_the_probe_keeps_the_fast_path_in_bf16(weights, autocast, where):
 
 
 def test_the_bf16_probe_still_catches_an_ignored_mask():
-    model = tiny_llama(vocab_size=VOCAB, seed=0)
-    plain_forward = model.forward
-
-    def forward(*args, **kwargs):
-        if kwargs["attention_mask"].ndim == 4:
-            kwargs["attention_mask"] = None
-            kwargs.pop("position_ids", None)
-        return plain_forward(*args, **kwargs)
-
-    model.forward = forward
+    model = ignoring_custom_masks(tiny_llama(vocab_size=VOCAB, seed=0))
     support, lines = probe_lines(model, autocast=True)
     assert support.chunked and not support.custom_mask
     assert "prefix_sharing/packing off: probe (bfloat16 autocast, judged against float32)" \
@@ -263,7 +259,7 @@ def test_the_float32_truth_bypasses_accelerate_autocast():
     runs the original forward, so it equals a plain float32 run."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
-    from preftune.fast.forward import without_autocast
+    from preftune.fast.probe import without_autocast
 
     AcceleratorState._reset_state(reset_partial_state=True)
     try:

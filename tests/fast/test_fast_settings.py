@@ -11,7 +11,7 @@ import copy
 import pytest
 import torch
 
-from fast_parity import CPU, Result, assert_same, logps_of, run
+from fast_parity import Result, assert_same, logps_of, run
 from float64_bounds import assert_no_farther_from_float64, max_diff, scaled_max_diff, ulps_floor
 from tiny import random_pairs, tiny_llama
 from preftune.fast import FastForward
