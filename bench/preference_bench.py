@@ -284,7 +284,12 @@ def child(json_dir: Path, name: str, need_gib: float, patience: float, *options:
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     if done.returncode:
         print(done.stderr[-3000:], flush=True)
-        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr else "failed"}
+        if done.returncode in (-9, 137):  # SIGKILL: the kernel's out-of-memory killer
+            error = "killed: out of memory (the kernel's OOM killer)"
+        else:
+            error = done.stderr.strip().splitlines()[-1] if done.stderr else "failed"
+        out.write_text(json.dumps({"error": error}))  # a rerun of --json-dir keeps it
+        return {"error": error}
     result = json.loads(out.read_text())
     print("  ", {k: v for k, v in result.items() if k != "params"}, flush=True)
     return result

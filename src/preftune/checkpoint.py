@@ -67,8 +67,12 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, state: dict,
     registered objects and unpickles them with ``weights_only=False``."""
     final = output_dir / f"checkpoint-{step}"
     staging = output_dir / f".checkpoint-{step}.tmp"
-    if accelerator.is_main_process and staging.exists():
-        shutil.rmtree(staging)
+    if accelerator.is_main_process:
+        if staging.exists():
+            shutil.rmtree(staging)
+        # Made before the barrier: accelerate creates it on the main process only, and
+        # another rank writing its RNG state there first would find no folder.
+        staging.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(staging))
     if accelerator.is_main_process:
