@@ -105,9 +105,8 @@ class Trainer:
         self.total_steps = (t.max_steps if t.max_steps > 0
                             else math.ceil(t.num_train_epochs * self.plan.steps_per_epoch))
         self.optimizer, updates = build_optimizer(self.model, t, distributed.engine(self.accelerator))
-        self.precision = (f"precision: {self.accelerator.mixed_precision} autocast"
-                          if self.accelerator.mixed_precision != "no" else "precision: no autocast")
-        self.precision += f"; {updates}"
+        # "precision: no autocast; ..." or "precision: bf16 autocast; ...".
+        self.precision = f"precision: {self.accelerator.mixed_precision} autocast; {updates}"
         self.log(self.precision)
         self.model, self.optimizer, ref_model = distributed.prepare(self, ref_model)
         # On the prepared optimizer: under DeepSpeed it may be another object (CPU Adam).

@@ -295,7 +295,7 @@ class FastForward:
                     self._dense_implementation = current or "sdpa"
                     self._set_attention(model, flex.FLEX)
             except (ValueError, ImportError) as error:
-                notes.append(f"flex attention off: {str(error).splitlines()[0][:120]}")
+                notes.append(f"flex attention off: {_first_line(error)}")
                 return False
         return wanted
 
@@ -310,7 +310,7 @@ class FastForward:
                 torch.autograd.grad(got.chosen.sum() + got.rejected.sum(), trainable[:1],
                                     allow_unused=True)
         except Exception as error:  # noqa: BLE001 - any failure means "not supported"
-            return f"no backward ({type(error).__name__}: {str(error).splitlines()[0][:100]})"
+            return f"no backward ({type(error).__name__}: {_first_line(error, 100)})"
         return None
 
     def _mismatch(self, model, probe, device, judge: ProbeJudge, chunked: bool,
@@ -318,8 +318,12 @@ class FastForward:
         try:
             got = self.run(model, probe, device, chunked, custom, use_flex)
         except Exception as error:  # noqa: BLE001 - any failure means "not supported"
-            return f"probe failed ({type(error).__name__}: {str(error).splitlines()[0][:120]})"
+            return f"probe failed ({type(error).__name__}: {_first_line(error)})"
         return judge(got, "prefix sharing/packing" if custom else "chunked head")
+
+
+def _first_line(error: Exception, limit: int = 120) -> str:
+    return (str(error).splitlines() or [""])[0][:limit]
 
 
 def build_forward(config, tokenizer=None, log: Callable[[str], None] = print):
