@@ -110,3 +110,75 @@ def test_margin_on_objective_without_one_is_an_error():
 def test_no_method_is_an_error():
     with pytest.raises(ConfigError, match="--method"):
         resolve_method(load_config(None, []).method)
+
+
+# -- YAML aliases: bounded expansion ------------------------------------------------------
+
+def laughs(levels: int) -> str:
+    """A "billion laughs" recipe: level 0 lists 9 strings, each next level 9 aliases of the
+    one before."""
+    lines = ['l0: &l0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for k in range(1, levels):
+        lines.append(f"l{k}: &l{k} [" + ",".join([f"*l{k - 1}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
+
+
+def test_billion_laughs_is_refused_quickly(tmp_path):
+    import time
+
+    recipe = tmp_path / "laughs.yaml"
+    recipe.write_text(laughs(9))
+    assert len(recipe.read_bytes()) < 500  # a few hundred bytes
+    # Values counted at each use: a level of size s_k = 1 + 9 s_(k-1) from s_0 = 10 gives
+    # 10, 91, 820, 7381, 66430, 597871, 5380840, 48427561, 435848050; the mapping adds
+    # itself, its 9 keys and those: 1 + 9 + 490,329,054.
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=f"{recipe}: YAML aliases expand to 490,329,064 "
+                                          "values, past the limit of 100,000"):
+        load_config(str(recipe))
+    assert time.perf_counter() - start < 0.5
+
+
+def test_expansion_limit_counts_every_use(tmp_path, monkeypatch):
+    import preftune.config as config_module
+
+    # 1 (outer list) + 3 uses x (1 list + 2 numbers) = 10 values.
+    document = "[&x [1, 2], *x, *x]"
+    monkeypatch.setattr(config_module, "MAX_YAML_VALUES", 10)
+    assert config_module._safe_yaml(document, "doc") == [[1, 2], [1, 2], [1, 2]]
+    monkeypatch.setattr(config_module, "MAX_YAML_VALUES", 9)
+    with pytest.raises(ConfigError, match="doc: YAML aliases expand to 10 values"):
+        config_module._safe_yaml(document, "doc")
+
+
+def test_aliases_in_a_command_line_value_are_bounded():
+    flow = "{" + laughs(7).strip().replace("\n", ", ") + "}"
+    with pytest.raises(ConfigError, match="column_mapping: YAML aliases expand to"):
+        load_config(None, ["--column_mapping", flow])
+
+
+@pytest.mark.parametrize("document", ["a: &a [1, *a]\n", "a: &a {b: *a}\n"])
+def test_recursive_alias_is_refused(tmp_path, document):
+    recipe = tmp_path / "loop.yaml"
+    recipe.write_text(document)
+    with pytest.raises(ConfigError, match="refers to the value that contains it"):
+        load_config(str(recipe))
+
+
+def test_deep_nesting_is_a_config_error():
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_config(None, ["--column_mapping", "[" * 5000 + "]" * 5000])
+
+
+def test_anchors_reused_normally_still_work(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("method: dpo\n"
+                      "learning_rate: &lr 1e-6\n"
+                      "adam_epsilon: *lr\n"
+                      "max_length: &len 512\n"
+                      "max_prompt_length: *len\n"
+                      "dataset_mixer: {a.jsonl: &half 0.5, b.jsonl: *half}\n")
+    config = load_config(str(recipe))
+    assert config.training.learning_rate == 1e-6 and config.training.adam_epsilon == 1e-6
+    assert config.data.max_length == 512 and config.data.max_prompt_length == 512
+    assert config.data.dataset_mixer == {"a.jsonl": 0.5, "b.jsonl": 0.5}

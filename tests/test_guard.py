@@ -76,7 +76,8 @@ def test_skipped_step_is_logged_with_its_rows(tmp_path, tokenizer, capsys):
     log = read_jsonl(tmp_path / "metrics.jsonl")
     skipped = [r for r in log if r.get("nonfinite_step_skipped")]
     assert skipped == [{"step": 2, "nonfinite_step_skipped": True, "grad_norm": "nan",
-                        "consecutive_skips": 1, "rows": rows}]
+                        "consecutive_skips": 1, "rows": rows,
+                        "reason": "non-finite loss or gradient"}]
     assert [r["step"] for r in log if "loss" in r] == [1, 3, 4]
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in log if "loss" in r)
     err = capsys.readouterr().err

@@ -81,12 +81,13 @@ def test_output_dir_must_be_writable(tmp_path):
         check_output_dir(blocker / "run")
 
 
-def test_output_dir_must_hold_a_checkpoint(tmp_path):
+def test_output_dir_must_hold_two_checkpoints_and_the_final_model(tmp_path):
     import shutil
 
     free = shutil.disk_usage(tmp_path).free
     check_output_dir(tmp_path, need_bytes=free // 2)
-    with pytest.raises(ConfigError, match="GiB free; a checkpoint and the final model need"):
+    with pytest.raises(ConfigError,
+                       match="GiB free; 2 checkpoints and the final model need about"):
         check_output_dir(tmp_path, need_bytes=free + 2 ** 40)
 
 
@@ -97,9 +98,20 @@ def test_checkpoint_size_estimate_from_safetensors_headers(tmp_path):
     model.save_pretrained(tmp_path)
     # Tied embeddings are saved once, as parameters() counts them.
     assert local_parameter_bytes(str(tmp_path)) == (model.num_parameters(), 4)
-    # 1000 fp32 weights: 4 kB in the checkpoint, 4 kB in the export, 8 kB of AdamW moments.
-    assert checkpoint_bytes(1000, 4) == 16_000
-    assert checkpoint_bytes(1000, 2, full_optimizer=False) == 4_000
+
+
+def test_checkpoint_size_estimate_counts_two_checkpoints_and_the_export():
+    """Two checkpoints are on disk while the second is written; the export is weights only.
+
+    1000 float32 weights, all training: a checkpoint holds 4 kB of weights and 8 kB of
+    AdamW moments (2 x 4 bytes): 2 x 12 kB + 4 kB = 28 kB.
+    1000 bf16 weights, all training: 2 kB of weights, 8 kB of float32 moments and 4 kB of
+    float32 master weights: 2 x 14 kB + 2 kB = 30 kB.
+    1000 bf16 weights under LoRA (adapters' optimizer state left out): 2 x 2 kB + 2 kB."""
+    assert checkpoint_bytes(1000, 4) == 28_000
+    assert checkpoint_bytes(1000, 2) == 30_000
+    assert checkpoint_bytes(1000, 2, full_optimizer=False) == 6_000
+    assert checkpoint_bytes(1000, 4, full_optimizer=False) == 12_000
 
 
 def test_tokenizer_without_eos():
@@ -126,3 +138,26 @@ def test_offline_only_when_every_input_is_local(tmp_path):
     environ = {"HF_HUB_OFFLINE": "0"}  # the user's choice stands
     offline_when_local(local, environ)
     assert environ["HF_HUB_OFFLINE"] == "0"
+
+
+def test_run_logs_the_space_the_checkpoints_and_the_export_need(tmp_path):
+    """A float32 model passed in, all weights training: 12 bytes a weight per checkpoint
+    (weights, two AdamW moments) and 4 for the final model; save_total_limit 2 keeps two
+    checkpoints and writes a third before removing the oldest."""
+    from tiny import tiny_llama
+    from preftune.config import load_config
+    from preftune.preflight import check_run
+
+    model = tiny_llama(vocab_size=64, layers=1, hidden=32)
+    lines = []
+    check_run(load_config(None, ["--output_dir", str(tmp_path)]), word_tokenizer(),
+              model=model, log=lines.append)
+    gib = model.num_parameters() * (3 * 12 + 4) / 2 ** 30
+    assert lines == [(f"pre-flight: output_dir writable; 3 checkpoints and the final model "
+                      f"need about {gib:.2f} GiB")]
+    lines.clear()
+    check_run(load_config(None, ["--output_dir", str(tmp_path), "--save_total_limit", "1"]),
+              word_tokenizer(), model=model, log=lines.append)
+    gib = model.num_parameters() * (2 * 12 + 4) / 2 ** 30
+    assert lines == [(f"pre-flight: output_dir writable; 2 checkpoints and the final model "
+                      f"need about {gib:.2f} GiB")]

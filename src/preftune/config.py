@@ -111,6 +111,11 @@ class MethodConfig:
 @dataclass
 class TrainingConfig:
     output_dir: str = "outputs/run"
+    """The run's folder. A run owns it (a lock while it runs); a new run refuses a folder
+    holding another run's checkpoints or model unless ``resume`` or
+    ``overwrite_output_dir``."""
+    overwrite_output_dir: bool = False
+    """Start over in a folder holding another run: its checkpoints, logs and model go."""
     run_name: Optional[str] = None
     seed: int = 42
     learning_rate: float = 1e-6
@@ -130,18 +135,32 @@ class TrainingConfig:
     optim: str = "adamw_torch"
     bf16: Optional[bool] = None
     """None: bf16 autocast on a GPU that supports it, fp32 on CPU."""
+    fp16: bool = False
+    """fp16 autocast over float32 weights with dynamic loss scaling (GPU only)."""
     logging_steps: int = 10
     eval_strategy: str = "steps"
     eval_steps: Optional[int] = None
     do_eval: bool = True
     save_strategy: str = "steps"
     save_steps: Optional[int] = None
-    save_total_limit: Optional[int] = None
+    """Steps between checkpoints; None: by time (``save_minutes``). Every run with
+    checkpoints on also writes one at its last step, before the final evaluation and save."""
+    save_minutes: Optional[float] = 30.0
+    """Also checkpoint when this many minutes have passed since the last one (None: off)."""
+    save_total_limit: Optional[int] = 2
+    """Checkpoints kept (the newest); null keeps all. An older one is removed only once a
+    newer one is complete, and ``--resume`` falls back to it if the newest is damaged."""
     resume: bool = False
-    """Continue from the newest checkpoint in ``output_dir``."""
+    """Continue from the newest checkpoint in ``output_dir`` that verifies. The run must be
+    the checkpoint's: a changed method, model, data, batch layout or schedule is refused."""
+    resume_force: bool = False
+    """Resume although settings changed; the new values take effect and are recorded."""
     max_consecutive_nonfinite: int = 5
     """A step with a non-finite loss or gradient is skipped (weights and optimizer state
     untouched); this many in a row stop the run, keeping the last good state (guard.py)."""
+    max_nonfinite_fraction: float = 0.1
+    """The run also stops once more than this share of its steps was skipped (at least one
+    skipped step is always allowed)."""
     rounds: int = 1
     """Iterative training (iterative SamPO / DPO): split the data into this many parts; each
     round trains on one, starting from the last round's policy, which is also its reference."""
@@ -173,8 +192,9 @@ class TrainingConfig:
     """How prefix sharing and packing reach attention: ``dense`` (a [rows, 1, T, T] mask for
     SDPA or eager), ``flex`` (FlexAttention block masks; the model is switched to
     ``flex_attention``, and back to dense where the first-call probe finds no backward, as
-    on CPU) or ``auto``: the model's own implementation, so flex for a model loaded with
-    ``attn_implementation: flex_attention`` and dense otherwise."""
+    on CPU) or ``auto``: flex on a GPU once the first-call probe has checked it,
+    else the model's own implementation (flex for a model loaded with
+    ``attn_implementation: flex_attention``), dense otherwise."""
     group_by_length: bool = False
     """Batch pairs of similar length together (seeded, mega-batches of 50 batches)."""
 
@@ -186,7 +206,7 @@ SECTIONS = {"model": ModelConfig, "data": DataConfig, "method": MethodConfig,
 # YAML files run unchanged, and reported when a run starts.
 IGNORED_KEYS = {"log_level", "preprocessing_num_workers", "dataset_num_proc",
                 "per_device_eval_batch_size_per_gpu", "remove_unused_columns",
-                "logging_first_step", "overwrite_output_dir", "save_only_model",
+                "logging_first_step", "save_only_model",
                 "dataloader_num_workers", "dataloader_pin_memory", "ddp_timeout",
                 "use_liger_kernel", "generate_during_eval", "truncation_mode",
                 "padding_value", "label_pad_token_id", "model_init_kwargs", "hub_strategy",
@@ -272,13 +292,64 @@ def coerce(key: str, value: Any, f: Optional[dataclasses.Field] = None) -> Any:
     return value
 
 
+# Values a YAML document may hold once its aliases are expanded. A recipe holds hundreds;
+# a "billion laughs" document of a few hundred bytes expands to hundreds of millions, which
+# anything that walks the config (dataclasses.asdict, yaml.dump, json.dumps) would build.
+MAX_YAML_VALUES = 100_000
+
+
 def _safe_yaml(text: str, where: str) -> Any:
     """Plain YAML only: ``safe_load`` refuses tags such as ``!!python/object``, which would
-    build arbitrary objects (and run code) from a recipe."""
+    build arbitrary objects (and run code) from a recipe. Anchors and aliases work as long
+    as their expansion stays under ``MAX_YAML_VALUES`` values and refers to no value
+    inside itself."""
     try:
-        return yaml.safe_load(text)
+        loaded = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise ConfigError(f"{where}: not valid YAML (plain values only): {error}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: YAML nested too deeply") from None
+    _check_expansion(loaded, where)
+    return loaded
+
+
+class _SelfReference(Exception):
+    """A container reached again from inside itself (``&a [*a]``)."""
+
+
+def _check_expansion(loaded: Any, where: str) -> None:
+    try:
+        size = _expanded_size(loaded, {}, set())
+    except _SelfReference:
+        raise ConfigError(f"{where}: a YAML alias refers to the value that contains it (a "
+                          "recursive structure); a config holds plain values") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: YAML nested too deeply") from None
+    if size > MAX_YAML_VALUES:
+        raise ConfigError(f"{where}: YAML aliases expand to {size:,} values, past the limit "
+                          f"of {MAX_YAML_VALUES:,}; write the values out instead")
+
+
+def _expanded_size(value: Any, sizes: dict[int, int], open_ids: set[int]) -> int:
+    """Values in ``value``, each counted at every place an alias puts it, as a walk over
+    the loaded object meets them. An alias loads as the same Python object, so sizes are
+    memoised by ``id``: the count takes time linear in the parsed document, not in its
+    expansion. ``open_ids``: the containers being counted, to catch one inside itself."""
+    if isinstance(value, dict):
+        children = [*value.keys(), *value.values()]
+    elif isinstance(value, (list, tuple, set)):
+        children = value
+    else:
+        return 1
+    key = id(value)
+    if key in sizes:
+        return sizes[key]
+    if key in open_ids:
+        raise _SelfReference
+    open_ids.add(key)
+    sizes[key] = 1 + sum(_expanded_size(child, sizes, open_ids) for child in children)
+    open_ids.discard(key)
+    return sizes[key]
 
 
 def flatten(values: dict, where: str) -> dict:

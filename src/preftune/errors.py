@@ -13,3 +13,9 @@ class TrainingStopped(RuntimeError):
     def __init__(self, message: str, exit_code: int, checkpoint=None):
         super().__init__(message)
         self.exit_code, self.checkpoint = exit_code, checkpoint
+
+
+class CheckpointWriteFailed(TrainingStopped):
+    """A checkpoint could not be written (full disk, file-size limit, I/O error) on some
+    process. Its staging folder is removed and earlier checkpoints are untouched;
+    ``checkpoint`` is the newest intact one (None when there is none yet)."""

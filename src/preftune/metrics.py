@@ -11,7 +11,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -58,7 +58,9 @@ def total_loss(means: dict[str, float], nll_weight: float) -> float:
 
 
 class JsonlLog:
-    """One JSON object per line, flushed each write so a killed run keeps what it logged."""
+    """One JSON object per line, flushed each write so a killed run keeps what it logged.
+    Strict JSON: a non-finite number (a NaN loss, an infinite gradient norm) is written as
+    the string ``"nan"``, ``"inf"`` or ``"-inf"`` (:func:`json_safe`)."""
 
     def __init__(self, path: Path, truncate_after_step: Optional[int] = None) -> None:
         self.path = path
@@ -73,10 +75,30 @@ class JsonlLog:
             os.replace(staging, path)
 
     def write(self, record: dict) -> None:
-        clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else str(v))
-                 for k, v in record.items()}
+        line = json.dumps(json_safe(record), allow_nan=False)
         with self.path.open("a") as handle:
-            handle.write(json.dumps(clean) + "\n")
+            handle.write(line + "\n")
+
+
+def json_safe(value: Any) -> Any:
+    """A copy of ``value`` that strict JSON parsers accept: non-finite floats, also inside
+    dicts, lists and tuples, become the strings ``"nan"``, ``"inf"``, ``"-inf"`` (which
+    of them is worth keeping: a NaN loss and an overflowing gradient are different faults;
+    report/runs.py reads them back as numbers). Python's ``json`` would write ``NaN`` and
+    ``Infinity``, which are not JSON. 0-d tensors and numpy scalars become Python numbers;
+    larger arrays and tensors become lists."""
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+        value = value.item()
+    elif hasattr(value, "tolist"):
+        return json_safe(value.tolist())
+    if isinstance(value, float):
+        # float() also turns numpy's float64 (a float subclass) into a plain float.
+        return float(value) if math.isfinite(value) else str(float(value))
+    return value
 
 
 def _step_of(line: str) -> Optional[int]:

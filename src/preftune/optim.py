@@ -22,6 +22,12 @@ import torch
 from preftune.errors import ConfigError
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
+FLOAT16_WEIGHTS = (
+    "torch_dtype float16 trains float16 weights: their gradients underflow to 0 without "
+    "loss scaling, and torch's loss scaler does not take float16 gradients. Train float32 "
+    "weights (torch_dtype auto) with fp16: true (fp16 autocast with loss scaling, on a GPU) "
+    "or bf16: true, or load torch_dtype bfloat16; LoRA over a float16 base model is fine "
+    "(its adapters train in float32)")
 
 
 class MasterWeightAdamW(torch.optim.AdamW):
@@ -84,6 +90,8 @@ def build_optimizer(model: torch.nn.Module, t, engine: str = "plain"
     options = dict(lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon,
                    weight_decay=t.weight_decay)
     dtypes = {p.dtype for p in params}
+    if torch.float16 in dtypes:
+        raise ConfigError(FLOAT16_WEIGHTS)
     low = sorted(str(d).replace("torch.", "") for d in dtypes & set(LOW_PRECISION))
     if low and engine == "fsdp":
         raise ConfigError(

@@ -4,7 +4,9 @@ A run that fails after an hour of tokenizing or on its first checkpoint wastes t
 These checks read only small files (configs, safetensors headers, the first rows) and run
 before the model is loaded and before the rows are tokenized:
 
-- ``output_dir`` is writable and has room for a checkpoint and the final model;
+- ``output_dir`` is writable and has room for the checkpoints on disk at once (those
+  ``save_total_limit`` keeps and the one being written: an old one goes only once the new
+  one is complete) and the final model;
 - the dataset exists (local paths), and its first rows have a recognisable format;
 - the tokenizer has an EOS token (every completion ends with one) and a chat template
   when the rows are conversational;
@@ -28,6 +30,7 @@ from preftune.config import Config
 from preftune.errors import ConfigError
 
 DTYPE_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "I8": 1, "U8": 1}
+FLOAT32_BYTES = 4
 GIB = 1024 ** 3
 
 
@@ -49,10 +52,20 @@ def check_run(config: Config, tokenizer, model=None, pairs=None,
     params, dtype_bytes = ((sum(p.numel() for p in model.parameters()),
                             next(model.parameters()).element_size())
                            if model is not None else local_parameter_bytes(policy_path))
-    need = checkpoint_bytes(params, dtype_bytes, full_optimizer=not m.use_peft)
-    check_output_dir(Path(config.training.output_dir), need)
+    copies = checkpoints_on_disk(config.training)
+    need = checkpoint_bytes(params, dtype_bytes, full_optimizer=not m.use_peft,
+                            checkpoints=copies)
+    check_output_dir(Path(config.training.output_dir), need, copies)
     if need:
-        log(f"pre-flight: output_dir writable; a checkpoint needs about {need / GIB:.2f} GiB")
+        log(f"pre-flight: output_dir writable; {copies} checkpoints and the final model need "
+            f"about {need / GIB:.2f} GiB")
+
+
+def checkpoints_on_disk(t) -> int:
+    """Checkpoints on disk at once: those kept (``save_total_limit``) and the one being
+    written, since an old one goes only once the new one is complete; at least two (with
+    no limit, every checkpoint stays: two is then a floor, not the need)."""
+    return t.save_total_limit + 1 if t.save_total_limit else 2
 
 
 def check_rows(rows: list, tokenizer, data_format: str = "auto",
@@ -149,14 +162,29 @@ def local_parameter_bytes(name_or_path: Optional[str]) -> tuple[int, int]:
     return params, size
 
 
-def checkpoint_bytes(params: int, dtype_bytes: int, full_optimizer: bool = True) -> int:
-    """Disk for one checkpoint plus the final model: weights in the checkpoint and in the
-    export, and AdamW's two moments (same dtype as the weights) when all weights train."""
-    copies = 2 + (2 if full_optimizer else 0)
-    return params * dtype_bytes * copies
+def checkpoint_bytes(params: int, dtype_bytes: int, full_optimizer: bool = True,
+                     checkpoints: int = 2) -> int:
+    """Disk for ``checkpoints`` checkpoints and the final model (:func:`checkpoints_on_disk`).
+
+    A checkpoint holds the weights at their dtype and, when all weights train
+    (``full_optimizer``), AdamW's two moments in float32, plus the float32 master copy
+    that optim.MasterWeightAdamW keeps of 16-bit weights. With LoRA the optimizer state
+    covers the adapters only and is left out. The final model is the weights alone."""
+    weights = params * dtype_bytes
+    return checkpoints * (weights + optimizer_state_bytes(params, dtype_bytes,
+                                                          full_optimizer)) + weights
 
 
-def check_output_dir(output_dir: Path, need_bytes: int = 0) -> None:
+def optimizer_state_bytes(params: int, dtype_bytes: int, full_optimizer: bool = True) -> int:
+    """AdamW's state in a checkpoint: two float32 moments per weight, and a float32 master
+    copy when the weights are bf16 or fp16; 0 for LoRA (adapter-sized, small)."""
+    if not full_optimizer:
+        return 0
+    masters = params * FLOAT32_BYTES if dtype_bytes == 2 else 0
+    return 2 * params * FLOAT32_BYTES + masters
+
+
+def check_output_dir(output_dir: Path, need_bytes: int = 0, checkpoints: int = 2) -> None:
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         probe = output_dir / f".preftune-write-test-{os.getpid()}"
@@ -167,8 +195,9 @@ def check_output_dir(output_dir: Path, need_bytes: int = 0) -> None:
                           f"{error.strerror or error}") from None
     free = shutil.disk_usage(output_dir).free
     if need_bytes > free:
-        raise ConfigError(f"output_dir {output_dir} has {free / GIB:.2f} GiB free; a checkpoint "
-                          f"and the final model need about {need_bytes / GIB:.2f} GiB")
+        raise ConfigError(f"output_dir {output_dir} has {free / GIB:.2f} GiB free; "
+                          f"{checkpoints} checkpoints and the final model need about "
+                          f"{need_bytes / GIB:.2f} GiB (fewer with a lower save_total_limit)")
 
 
 def _is_local(name: str) -> bool:

@@ -145,35 +145,68 @@ def progress_bar(total: int, initial: int, enabled: bool):
                 dynamic_ncols=True)
 
 
+FINAL_STAGING = ".final.tmp"
+
+
 def save_final(trainer, final_metrics: dict) -> Path:
     """The trained model in Hugging Face format (safetensors, tokenizer, chat template),
-    the config that made it, a model card, and the final metrics."""
+    the config that made it, a model card, what ran, and the final metrics.
+
+    Written into a staging folder first and moved into ``output_dir`` file by file, the
+    final metrics last: a kill during the writes leaves the staging folder (removed by the
+    next run) and the previous contents, never a model folder with half a weights file."""
+    import os
+    import shutil
+
     from preftune.checkpoint import write_model_card
+    from preftune.metrics import json_safe
 
     acc, out = trainer.accelerator, trainer.output_dir
     acc.wait_for_everyone()
     state_dict = acc.get_state_dict(trainer.model)
     if acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
+        staging = out / FINAL_STAGING
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
         model = acc.unwrap_model(trainer.model)
         if is_peft_model(model) and trainer.config.model.merge_lora:
             model, state_dict = model.merge_and_unload(), None
         # A peft model saves its adapter alone (adapter_model.safetensors + config).
-        model.save_pretrained(out, state_dict=None if is_peft_model(model) else state_dict,
+        model.save_pretrained(staging, state_dict=None if is_peft_model(model) else state_dict,
                               safe_serialization=True)
-        trainer.tokenizer.save_pretrained(out)
-        dump_config(trainer.config, out / "preftune_config.yaml")
-        (out / "final_metrics.json").write_text(json.dumps(final_metrics, indent=2))
+        trainer.tokenizer.save_pretrained(staging)
+        dump_config(trainer.config, staging / "preftune_config.yaml")
+        (staging / "run_info.json").write_text(
+            json.dumps(json_safe(trainer.run_info()), indent=2) + "\n")
+        write_model_card(staging, method=trainer.method, base_model=trainer.config.model.
+                         model_name_or_path, settings=_card_settings(trainer),
+                         final_metrics=final_metrics)
+        (staging / "final_metrics.json").write_text(
+            json.dumps(json_safe(final_metrics), indent=2, allow_nan=False))
+        names = sorted(p.name for p in staging.iterdir())
+        names.remove("final_metrics.json")
+        for name in names + ["final_metrics.json"]:  # the metrics mark a complete save
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(staging / name, target)
+        staging.rmdir()
         c = trainer.config
-        settings = {"method": trainer.method.describe(), "learning_rate": c.training.learning_rate,
-                    "steps": trainer.step, "global batch (pairs)": trainer.plan.global_batch,
-                    "max_length": c.data.max_length, "max_prompt_length": c.data.max_prompt_length,
-                    "dataset": c.data.dataset_name, "seed": c.training.seed}
-        write_model_card(out, method=trainer.method, base_model=c.model.model_name_or_path,
-                         settings=settings, final_metrics=final_metrics)
         if c.training.push_to_hub:
             repo = c.training.hub_model_id or out.name
             model.push_to_hub(repo)
             trainer.tokenizer.push_to_hub(repo)
     acc.wait_for_everyone()
     return out
+
+
+def _card_settings(trainer) -> dict:
+    c = trainer.config
+    settings = {"method": trainer.method.describe(), "learning_rate": c.training.learning_rate,
+                "steps": trainer.step, "global batch (pairs)": trainer.plan.global_batch,
+                "max_length": c.data.max_length, "max_prompt_length": c.data.max_prompt_length,
+                "dataset": c.data.dataset_name, "seed": c.training.seed}
+    for forced in trainer.resumes_forced:
+        settings[f"resumed at step {forced['step']} with changes"] = "; ".join(
+            forced["changes"]).replace("|", "/")
+    return settings

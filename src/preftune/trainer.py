@@ -12,7 +12,9 @@ whatever the split.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -21,18 +23,20 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from preftune import distributed, guard, trackers
+from preftune import distributed, guard, setup, trackers
+from preftune import resume as run_check
 from preftune.batching import BatchPlan, eval_batches
-from preftune.checkpoint import (latest_checkpoint, load_checkpoint, remove_partial,
-                                 resume_mismatches, save_checkpoint)
+from preftune.checkpoint import (STATE_FILE, latest_checkpoint, load_checkpoint,
+                                 remove_partial, save_checkpoint)
 from preftune.config import Config
 from preftune.errors import ConfigError, TrainingStopped
 from preftune.fast import build_forward
 from preftune.fast.grouping import LengthGroupedPlan
 from preftune.method import ResolvedMethod, resolve_method
-from preftune.metrics import JsonlLog, MetricWindow, total_loss
+from preftune.metrics import JsonlLog, MetricWindow, json_safe, total_loss
 from preftune.objectives import compute_objective, example_metrics, step_loss
 from preftune.optim import build_optimizer
+from preftune.saving import SaveClock, SavePolicy
 from preftune.signals import StopRequest
 from preftune.types import TokenizedPair
 
@@ -68,6 +72,11 @@ class Trainer:
 
         self.config = config
         t = config.training
+        if str(config.model.torch_dtype).lower() in ("float16", "fp16", "half") \
+                and not config.model.use_peft and model is None:
+            from preftune.optim import FLOAT16_WEIGHTS
+
+            raise ConfigError(FLOAT16_WEIGHTS)  # before anything loads
         self.method: ResolvedMethod = resolve_method(config.method)
         self.accelerator = accelerator or Accelerator(mixed_precision=self._mixed_precision(),
                                                       **trackers.accelerator_options(t))
@@ -75,10 +84,10 @@ class Trainer:
         set_seed(t.seed)
         distributed.configure(config, self.accelerator, self.log)
         self.output_dir = Path(t.output_dir)
+        self._on_main(self._claim_output_dir)  # before anything loads
         if config.ignored:
             self.log(f"ignored keys (no effect in preftune): {', '.join(config.ignored)}")
 
-        from preftune import setup
 
         self.tokenizer = tokenizer or setup.build_tokenizer(config)
         from preftune.preflight import check_run
@@ -120,11 +129,73 @@ class Trainer:
         if t.max_consecutive_nonfinite < 1:
             raise ConfigError("max_consecutive_nonfinite must be >= 1, got "
                               f"{t.max_consecutive_nonfinite}")
-        self.skips = guard.SkipLog(t.max_consecutive_nonfinite)
+        if not 0 <= t.max_nonfinite_fraction <= 1:
+            raise ConfigError("max_nonfinite_fraction must be within [0, 1], got "
+                              f"{t.max_nonfinite_fraction}")
+        self.skips = guard.SkipLog(t.max_consecutive_nonfinite, guard.allowed_skips(
+            t.max_nonfinite_fraction, self.total_steps))
+        # Steps whose update broke the weights and was rolled back: skipped when reached.
+        self.rolled_back: set[int] = set()
+        # Forced resumes: the step each happened at and what it changed.
+        self.resumes_forced: list[dict] = []
+        self.saves = SavePolicy.from_config(t, self.plan.steps_per_epoch)
         self.metrics_log = None  # the JSONL log (and trackers) on the main process
 
+    # -- the output folder ------------------------------------------------------------
+    def _on_main(self, action: Callable[[], None]) -> None:
+        """``action`` on the main process; a ConfigError there stops every rank (the
+        others would otherwise wait for it at the next barrier)."""
+        error = None
+        if self.accelerator.is_main_process:
+            try:
+                action()
+            except ConfigError as refused:
+                error = refused
+        if self._agree(error is not None):
+            raise error or ConfigError("the main process refused this run (see its message)")
+
+    def _claim_output_dir(self) -> None:
+        """The folder is free for this run, or holds this run to resume, or (with
+        ``overwrite_output_dir``) another run's artifacts, which go (runfolder.py). Under
+        the folder's lock, so a run training there cannot lose its files to this check."""
+        from preftune.runfolder import RunLock, claim_output_dir
+
+        m, d, t = self.config.model, self.config.data, self.config.training
+        inputs = {"model_name_or_path": m.model_name_or_path, "ref_model": m.ref_model,
+                  "tokenizer_name_or_path": m.tokenizer_name_or_path,
+                  "chat_template": m.chat_template, "dataset_name": d.dataset_name,
+                  "eval_dataset": d.eval_dataset, "ref_cache_dir": m.ref_cache_dir,
+                  **{f"dataset_mixer {name}": name for name in (d.dataset_mixer or {})}}
+        with RunLock(self.output_dir) as lock:
+            if lock.stale:
+                self.log(lock.stale)
+            claim_output_dir(self.output_dir, resume=t.resume, overwrite=t.overwrite_output_dir,
+                             inputs=inputs, log=self.log)
+
+    def _take_lock(self) -> None:
+        from preftune.runfolder import RunLock
+
+        self._lock = RunLock(self.output_dir)
+        if self._lock.acquire():
+            self.log(self._lock.stale)
+
+    def _release_lock(self) -> None:
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.release()
+
     def _mixed_precision(self) -> str:
-        bf16 = self.config.training.bf16
+        t = self.config.training
+        if t.fp16:
+            if t.bf16:
+                raise ConfigError("bf16 and fp16 are both true: choose one")
+            if not torch.cuda.is_available():
+                # accelerate runs no fp16 autocast and no loss scaling on a CPU: the setting
+                # would do nothing.
+                raise ConfigError("fp16 needs a GPU (fp16 autocast with loss scaling); on "
+                                  "a CPU use bf16: true or float32")
+            return "fp16"
+        bf16 = t.bf16
         if bf16 is None:
             bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         return "bf16" if bf16 else "no"
@@ -154,8 +225,12 @@ class Trainer:
 
     # -- one optimizer step ----------------------------------------------------------
     def train_step(self, window: MetricWindow) -> bool:
-        """One optimizer step; False when it was skipped as non-finite (guard.py)."""
+        """One optimizer step; False when it was skipped (guard.py): non-finite, a loss
+        scale overflow, or a step rolled back earlier whose batch is consumed unused."""
         acc, t = self.accelerator, self.config.training
+        if self.step + 1 in self.rolled_back:
+            self.step += 1
+            return False
         micro = [[self.train_pairs[i] for i in batch]
                  for batch in self.plan.micro_batches(self.step, acc.process_index)]
         counts = torch.tensor([sum(len(b) for b in micro),
@@ -181,14 +256,21 @@ class Trainer:
             step_metrics.add(example_metrics(output))
         max_norm = t.max_grad_norm if t.max_grad_norm and t.max_grad_norm > 0 else float("inf")
         grad_norm = acc.clip_grad_norm_(self.model.parameters(), max_norm)
-        if not guard.step_is_finite(loss_flags, grad_norm, self._all_reduce):
+        rows = [p.example_id for pairs in micro for p in pairs]
+        verdict = guard.classify_step(loss_flags, grad_norm, self._all_reduce)
+        if verdict != "finite":
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
-            self._report_skip([p.example_id for pairs in micro for p in pairs], grad_norm)
+            if not (verdict == "overflow" and self._lower_loss_scale()):
+                self._report_skip(rows, grad_norm)
             return False
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if not guard.state_is_finite(guard.trained_tensors(self.model, self.optimizer),
+                                     self._all_reduce):
+            self._roll_back(self.step + 1, rows, grad_norm)
+            return False
         self.step += 1
         self.skips.good(self.step)
         window.merge(step_metrics)
@@ -199,7 +281,46 @@ class Trainer:
         window.add_scalar("tokens_per_step", tokens, share)
         return True
 
-    def _report_skip(self, row_ids: list[int], grad_norm) -> None:
+    def _lower_loss_scale(self) -> bool:
+        """fp16: an overflow at a loss scale of at least 1 lowers the scale (the scaler
+        recorded the inf while unscaling) and is not counted as a non-finite step."""
+        scaler = getattr(self.accelerator, "scaler", None)
+        if scaler is None or not scaler.is_enabled() or scaler.get_scale() < 1.0:
+            return False
+        scaler.update()
+        if self.metrics_log is not None:
+            self.metrics_log.write({"step": self.step, "loss_scale_overflow": True,
+                                    "loss_scale": scaler.get_scale()})
+        return True
+
+    def _roll_back(self, bad_step: int, row_ids: list[int], grad_norm) -> None:
+        """A step left a non-finite weight or optimizer state: load the newest checkpoint
+        that verifies (every checkpoint holds finite values: each step is checked before
+        one is written), and skip the bad step when the replay reaches it. With no
+        checkpoint yet, nothing holds a good state to go back to: stop, saving nothing."""
+        self.rolled_back.add(bad_step)
+        what = (f"step {bad_step} left non-finite values in the weights or the optimizer's "
+                "state (finite loss and gradients: adam_epsilon of 0, or too high a "
+                "learning rate)")
+        checkpoint = self._resumable_checkpoint()
+        if checkpoint is None:
+            raise TrainingStopped(
+                f"{what}; no checkpoint holds an earlier state, and this one is not saved. "
+                "Lower the learning rate or raise adam_epsilon and start again",
+                guard.EXIT_CODE, None)
+        good = int(self._load(checkpoint)["step"])
+        if self.accelerator.is_main_process:
+            # The replay logs those steps again.
+            JsonlLog(self.output_dir / "metrics.jsonl", truncate_after_step=good)
+        self.log(f"preftune: {what}; rolled back to {checkpoint.name}: steps "
+                 f"{good + 1}-{bad_step - 1} are retrained, step {bad_step} is skipped")
+        self.step = bad_step
+        self._report_skip(row_ids, grad_norm, f"non-finite weights after the update, rolled "
+                                              f"back to {checkpoint.name}")
+        self.step = self.skips.last_good_step = good
+
+    def _report_skip(self, row_ids: list[int], grad_norm,
+                     why: str = "non-finite loss or gradient") -> None:
         """metrics.jsonl and stderr name the step and the rows of its batch (all ranks)."""
         if self.accelerator.num_processes > 1:
             from accelerate.utils import gather_object
@@ -208,11 +329,13 @@ class Trainer:
         self.skips.skipped(row_ids)
         if self.accelerator.is_main_process:
             record = self.skips.record(self.step, row_ids, grad_norm)
+            record["reason"] = why
             if self.metrics_log is not None:
                 self.metrics_log.write(record)
-            print(f"preftune: step {self.step} skipped: non-finite loss or gradient (rows "
-                  f"{record['rows']}); {self.skips.consecutive} in a row, the run stops at "
-                  f"{self.skips.max_consecutive}", file=sys.stderr, flush=True)
+            print(f"preftune: step {self.step} skipped: {why} (rows {record['rows']}); "
+                  f"{self.skips.consecutive} in a row and {self.skips.total} in all, the run "
+                  f"stops at {self.skips.max_consecutive} in a row or more than "
+                  f"{self.skips.max_total} in all", file=sys.stderr, flush=True)
 
     def _aux_coef(self) -> float:
         coef = self.config.training.router_aux_loss_coef
@@ -222,7 +345,9 @@ class Trainer:
 
     # -- evaluation ------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self) -> dict:
+    def evaluate(self, stop: Optional[StopRequest] = None) -> dict:
+        """Metrics over the eval pairs. A stop signal abandons it between batches: the
+        run then stops with a checkpoint of the step it evaluated."""
         if not self.eval_pairs:
             return {}
         acc = self.accelerator
@@ -230,6 +355,9 @@ class Trainer:
         window = MetricWindow()
         for batch in eval_batches(len(self.eval_pairs), self.config.training.per_device_eval_batch_size,
                                   acc.process_index, acc.num_processes):
+            signum = stop.requested(self._all_reduce) if stop is not None else None
+            if signum:
+                self._stop_on_signal(signum, during="the evaluation")
             # Step 0 for every evaluation: SamPO draws the same positions each time, so
             # evaluations at different steps compare like with like.
             output, _ = self.batch_output([self.eval_pairs[i] for i in batch], step=0)
@@ -251,7 +379,10 @@ class Trainer:
             fast[role] = (found.summary if found is not None
                           else "fast forward off (chunked_logps, prefix_sharing and packing "
                                "all false)" if support is None else "not run yet")
-        return {"precision": self.precision, "fast_forward": fast}
+        info = {"precision": self.precision, "fast_forward": fast}
+        if self.resumes_forced:
+            info["resumes_forced"] = self.resumes_forced
+        return info
 
     def _write_run_info(self) -> None:
         """``run_info.json`` in the output folder: a GPU run can be checked afterwards."""
@@ -264,8 +395,17 @@ class Trainer:
 
     # -- the run ---------------------------------------------------------------------
     def train(self) -> TrainResult:
-        from preftune import setup
+        """Steps to the end, then a checkpoint of the last step, the final evaluation and
+        the final save. SIGTERM/SIGINT at any moment end with a resumable state: after a
+        step (a checkpoint is written), during an evaluation (it is abandoned) or during
+        the final save (it completes first)."""
+        self._on_main(self._take_lock)  # held while the run writes into its folder
+        try:
+            return self._train()
+        finally:
+            self._release_lock()
 
+    def _train(self) -> TrainResult:
         acc, t = self.accelerator, self.config.training
         self._maybe_resume()
         log = JsonlLog(self.output_dir / "metrics.jsonl", truncate_after_step=self.step) \
@@ -276,48 +416,68 @@ class Trainer:
         self.log(f"method: {self.method.describe()}; {len(self.train_pairs)} train pairs, "
                  f"{len(self.eval_pairs)} eval pairs; {self.total_steps} steps of "
                  f"{self.plan.global_batch} pairs on {acc.num_processes} process(es), {acc.device}")
+        self.log(self.saves.describe(self.output_dir))
+        with StopRequest() as stop:
+            last_train, last_eval = self._train_loop(stop, log)
+            if t.do_eval and t.eval_strategy != "no":
+                last_eval = self._log_eval(log, stop) or last_eval
+            setup.save_final(self, {**last_train, **last_eval})
+            if stop.signum:
+                raise TrainingStopped(
+                    f"stopped by signal {stop.signum} during the final save, after it "
+                    f"completed: the model in {self.output_dir} is whole",
+                    StopRequest.exit_code(stop.signum), latest_checkpoint(self.output_dir))
+        trackers.finish(acc)
+        return TrainResult(self.output_dir, self.step, last_train, last_eval)
+
+    def _train_loop(self, stop: StopRequest, log) -> tuple[dict, dict]:
+        t = self.config.training
         bar = setup.progress_bar(self.total_steps, self.step,
-                                 enabled=t.progress_bar and acc.is_local_main_process)
+                                 enabled=t.progress_bar and self.accelerator.is_local_main_process)
         window, last_train, last_eval = MetricWindow(), {}, {}
         window_start, window_first_step = time.perf_counter(), self.step
         eval_every = t.eval_steps if t.do_eval and t.eval_strategy != "no" else None
-        save_every = t.save_steps if t.save_strategy != "no" else None
-        with StopRequest() as stop:
-            run_info_written = False
-            while self.step < self.total_steps:
-                kept = self.train_step(window)
-                if not run_info_written:  # the fast path decides on its first call
-                    self._write_run_info()
-                    run_info_written = True
-                if not kept and self.skips.consecutive >= self.skips.max_consecutive:
-                    bar.close()
-                    self._stop_nonfinite()
-                if kept and (self.step % t.logging_steps == 0 or self.step == self.total_steps):
-                    last_train = self._log_window(window, self.step - window_first_step,
-                                                  time.perf_counter() - window_start, log, bar)
-                    window.reset()
-                    window_start, window_first_step = time.perf_counter(), self.step
-                more = self.step < self.total_steps
-                if kept and eval_every and self.step % eval_every == 0 and more:
-                    last_eval = self._log_eval(log)
-                # No periodic checkpoint inside a run of skipped steps: the newest
-                # checkpoint stays a state reached by a finite step.
-                saved = bool(kept and save_every and self.step % save_every == 0 and more)
-                if saved:
-                    self.save_checkpoint()
-                bar.update(1)
-                signum = stop.requested(self._all_reduce) if more else None
-                if signum:
-                    bar.close()
-                    self._stop_on_signal(signum, saved)
+        clock = SaveClock(self.saves)
+        run_info_written = False
+        while self.step < self.total_steps:
+            kept = self.train_step(window)
+            if not run_info_written:  # the fast path decides on its first call
+                self._write_run_info()
+                run_info_written = True
+            if not kept and self.skips.must_stop():
+                bar.close()
+                self._stop_nonfinite()
+            if kept and (self.step % t.logging_steps == 0 or self.step == self.total_steps):
+                last_train = self._log_window(window, self.step - window_first_step,
+                                              time.perf_counter() - window_start, log, bar)
+                window.reset()
+                window_start, window_first_step = time.perf_counter(), self.step
+            more = self.step < self.total_steps
+            if kept and eval_every and self.step % eval_every == 0 and more:
+                last_eval = self._log_eval(log, stop)
+            # No checkpoint inside a run of skipped steps: the newest checkpoint stays a
+            # state reached by a finite step. The last step always gets one, so a stop or
+            # a crash in the final evaluation or save loses no training.
+            saved = kept and (clock.due_by_steps(self.step, last=not more)
+                              or self._agree(clock.due_by_time()))
+            if saved:
+                self.save_checkpoint()
+                clock.saved()
+            bar.update(1)
+            signum = stop.requested(self._all_reduce) if more else None
+            if signum:
+                bar.close()
+                self._stop_on_signal(signum, saved)
         bar.close()
         if self.skips.total:
             self.log(f"skipped {self.skips.total} non-finite steps (see metrics.jsonl)")
-        if t.do_eval and t.eval_strategy != "no":
-            last_eval = self._log_eval(log) or last_eval
-        setup.save_final(self, {**last_train, **last_eval})
-        trackers.finish(acc)
-        return TrainResult(self.output_dir, self.step, last_train, last_eval)
+        return last_train, last_eval
+
+    def _agree(self, flag: bool) -> bool:
+        """True on every rank when it is on any (clocks differ between processes)."""
+        if self.accelerator.num_processes == 1:
+            return flag
+        return self._all_reduce(torch.tensor([float(flag)], dtype=torch.float64)).item() > 0
 
     def _log_window(self, window: MetricWindow, steps: int, seconds: float, log, bar) -> dict:
         means = window.means(self._all_reduce)
@@ -333,8 +493,8 @@ class Trainer:
                         tok_s=f"{means['tokens_per_second']:.0f}")
         return record
 
-    def _log_eval(self, log) -> dict:
-        metrics = self.evaluate()
+    def _log_eval(self, log, stop: Optional[StopRequest] = None) -> dict:
+        metrics = self.evaluate(stop)
         if metrics and log is not None:
             log.write({"step": self.step,
                        "epoch": round(self.step / self.plan.steps_per_epoch, 4), **metrics})
@@ -345,11 +505,15 @@ class Trainer:
         return metrics
 
     # -- stopping early --------------------------------------------------------------
-    def _stop_on_signal(self, signum: int, saved: bool) -> None:
-        checkpoint = (self.output_dir / f"checkpoint-{self.step}" if saved
-                      else self.save_checkpoint())
+    def _stop_on_signal(self, signum: int, saved: bool = False, during: str = "") -> None:
+        """Stop with the state of the last step in a checkpoint (written now unless one of
+        this step exists)."""
+        checkpoint = self.output_dir / f"checkpoint-{self.step}"
+        if not (saved or self._agree((checkpoint / STATE_FILE).is_file())):
+            checkpoint = self.save_checkpoint()
+        when = f"during {during} " if during else ""
         raise TrainingStopped(
-            f"stopped by signal {signum} after step {self.step} of {self.total_steps}; "
+            f"stopped by signal {signum} {when}after step {self.step} of {self.total_steps}; "
             f"state saved in {checkpoint}; continue with --resume",
             StopRequest.exit_code(signum), checkpoint)
 
@@ -358,45 +522,90 @@ class Trainer:
         weights nor the optimizer or schedule) and stops."""
         good = self.skips.last_good_step
         checkpoint = self.output_dir / f"checkpoint-{good}"
-        if latest_checkpoint(self.output_dir) != checkpoint:
+        if not self._agree((checkpoint / STATE_FILE).is_file()):
             checkpoint = self.save_checkpoint(step=good)
         raise TrainingStopped(self.skips.message(self.step, checkpoint), guard.EXIT_CODE,
                               checkpoint)
 
     # -- checkpoints -----------------------------------------------------------------
     def _run_state(self) -> dict:
-        """What a checkpoint records to check a resume against (checkpoint.resume_mismatches)."""
+        """What a checkpoint records: the run's settings, process count and pairs (to check
+        a resume against, resume.py), and the guard's history."""
         if getattr(self, "_pairs_fingerprint", None) is None:
             from preftune.refcache import fingerprint_pairs
 
             self._pairs_fingerprint = fingerprint_pairs(self.train_pairs)
         return {"total_steps": self.total_steps, "config": self.config.to_dict(),
                 "processes": self.accelerator.num_processes,
-                "pairs_fingerprint": self._pairs_fingerprint}
+                "pairs_fingerprint": self._pairs_fingerprint,
+                "skipped_steps": self.skips.total, "rolled_back": sorted(self.rolled_back),
+                "resumes_forced": self.resumes_forced}
 
     def save_checkpoint(self, step: Optional[int] = None) -> Path:
         step = self.step if step is None else step
-        state = {"step": step, **self._run_state()}
+        state = json_safe({"step": step, **self._run_state()})
         return save_checkpoint(self.accelerator, self.output_dir, step, state,
                                scheduler=self.scheduler,
                                keep=self.config.training.save_total_limit)
 
+    def _resumable_checkpoint(self) -> Optional[Path]:
+        """The newest checkpoint whose files match their manifest: verified on the main
+        process (reading every file once), the choice sent to the other ranks."""
+        from preftune.checkpoint import find_resumable
+
+        found = [None]
+        if self.accelerator.is_main_process:
+            path = find_resumable(self.output_dir, self.log)
+            found = [str(path) if path is not None else None]
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            broadcast_object_list(found)
+        return Path(found[0]) if found[0] is not None else None
+
+    def _load(self, checkpoint: Path) -> dict:
+        """Weights, optimizer, schedule and RNG from ``checkpoint``, and the guard's
+        history; returns the checkpoint's state."""
+        state = load_checkpoint(self.accelerator, checkpoint, scheduler=self.scheduler)
+        self.rolled_back |= set(state.get("rolled_back", []))
+        self.skips.total = int(state.get("skipped_steps", 0))
+        self.resumes_forced = list(state.get("resumes_forced", []))
+        return state
+
     def _maybe_resume(self) -> None:
+        t = self.config.training
         if self.accelerator.is_main_process:
             removed = remove_partial(self.output_dir)
+            final_staging = self.output_dir / setup.FINAL_STAGING
+            if final_staging.is_dir():
+                shutil.rmtree(final_staging)
+                removed.append(final_staging.name)
             if removed:
                 self.log(f"removed incomplete checkpoint writes: {', '.join(removed)}")
         self.accelerator.wait_for_everyone()
-        if not self.config.training.resume:
+        if not t.resume:
             return
-        checkpoint = latest_checkpoint(self.output_dir)
+        checkpoint = self._resumable_checkpoint()
         if checkpoint is None:
+            if any(self.output_dir.glob("checkpoint-*")):
+                # Starting over would silently lose the run those checkpoints hold.
+                raise ConfigError(f"--resume: no checkpoint in {self.output_dir} verifies (see "
+                                  "above); restore one, or start over with "
+                                  "--overwrite_output_dir true instead of --resume")
             self.log(f"--resume: no checkpoint in {self.output_dir}; starting from step 0")
             return
-        state = load_checkpoint(self.accelerator, checkpoint, scheduler=self.scheduler)
-        self.step = int(state["step"])
+        saved = json.loads((checkpoint / STATE_FILE).read_text())
+        changed = run_check.run_differences(saved, self._run_state())
+        if changed and not t.resume_force:
+            raise ConfigError(run_check.refusal(checkpoint, changed))
+        self.step = int(self._load(checkpoint)["step"])
         self.log(f"resumed from {checkpoint} at step {self.step}")
-        changed = resume_mismatches(state, self._run_state())
+        if self.step > self.total_steps:
+            # Only a forced resume gets here (max_steps or the epochs were lowered).
+            self.log(f"{checkpoint.name} is past this run's {self.total_steps} steps: no "
+                     "step is trained; the final evaluation and save follow")
         if changed:
-            self.log("warning: resuming with a different data order than the checkpoint's run "
-                     "(" + "; ".join(changed) + "): the steps ahead will not be those it planned")
+            run_check.apply_changes(self.optimizer, self.scheduler, t)
+            self.resumes_forced.append({"step": self.step, "changes": changed})
+            self.log("--resume_force: from this step on the run takes the new values: "
+                     + "; ".join(changed))

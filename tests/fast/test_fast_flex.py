@@ -92,3 +92,41 @@ def test_on_cpu_the_station_says_flex_is_off_and_keeps_dense_masks():
 def test_unknown_attention_switch_is_refused():
     with pytest.raises(ValueError, match="fast_attention must be one of auto, dense, flex"):
         FastForward(0, attention="sparse")
+
+
+@pytest.mark.parametrize("device, probe, expected", [
+    ("cuda", True, True),    # a GPU with the probe to check it: flex
+    ("cuda", False, False),  # nothing would check flex before the first step: dense
+    ("cpu", True, False),    # no FlexAttention backward on CPU
+])
+def test_auto_takes_flex_on_a_gpu_only_where_the_probe_checks_it(device, probe, expected):
+    model = tiny_llama(vocab_size=VOCAB, seed=0)
+    station = FastForward(0, attention="auto", probe=probe, log=lambda line: None)
+    notes = []
+    assert station._attention_switch(model, torch.device(device), notes) is expected
+    assert (model.config._attn_implementation == flex.FLEX) is expected
+    assert notes == []  # auto says nothing when it keeps dense masks
+
+
+def test_a_flex_kernel_that_fails_on_a_later_batch_falls_back_to_dense(monkeypatch):
+    model = tiny_llama(vocab_size=VOCAB, seed=0)
+    lines = []
+    station = FastForward(0, log=lines.append)
+    pairs = random_pairs(4, vocab=VOCAB, seed=5)
+    station(model, pairs, CPU)  # the probe settles on dense masks; pretend it chose flex
+    settled = station.support[model]
+    station.support[model] = type(settled)(settled.chunked, True, flex=True)
+    model.set_attn_implementation(flex.FLEX)
+
+    def no_kernel(layout, device):
+        raise RuntimeError("inductor: failed to build a kernel for this shape\nmore")
+
+    monkeypatch.setattr(flex, "block_mask", no_kernel)
+    logps = station(model, pairs, CPU)
+    support = station.support[model]
+    assert support.custom_mask and not support.flex
+    assert model.config._attn_implementation == "sdpa"
+    assert lines[-1] == ("fast forward (LlamaForCausalLM): flex attention off from here: "
+                         "RuntimeError: inductor: failed to build a kernel for this shape")
+    expected = PaddedForward(0)(model, pairs, CPU)
+    assert max_diff(logps.chosen, expected.chosen) <= 4 * ulps_floor(expected.chosen)

@@ -30,7 +30,9 @@ DEFAULTS = ["--model_name_or_path", "smollm2", "--dataset_name", str(DATA / "tra
             "--warmup_ratio", "0.1",
             "--lr_scheduler_type", "cosine", "--logging_steps", "5", "--eval_strategy", "no",
             "--max_length", "256", "--max_prompt_length", "128", "--seed", "0",
-            "--output_dir", "outputs/demo"]
+            "--output_dir", "outputs/demo",
+            # A rerun replaces the last demo; a five-minute demo needs no checkpoints.
+            "--overwrite_output_dir", "true", "--save_strategy", "no"]
 
 
 def held_out_pairs(seed: int = 1) -> list[dict]:

@@ -146,6 +146,7 @@ class FastForward:
         self.prefix_sharing, self.packing = prefix_sharing, packing
         self.max_tokens_per_row = max_tokens_per_row
         self.probe, self.log = probe, log
+        self._dense_implementation = "sdpa"  # what flex falls back to
         # Per model object (policy, reference): decided on its first call.
         self.support: "weakref.WeakKeyDictionary[torch.nn.Module, Support]" = \
             weakref.WeakKeyDictionary()
@@ -158,7 +159,25 @@ class FastForward:
             support = self.support[model] = self.check(model, pairs, device)
         if not (support.chunked or support.custom_mask):
             return self.padded(model, pairs, device)
+        if support.flex:
+            try:
+                return self.run(model, pairs, device, support.chunked, True, True)
+            except Exception as error:  # noqa: BLE001 - a compile failure on a new shape
+                support = self._drop_flex(model, support, error)
         return self.run(model, pairs, device, support.chunked, support.custom_mask, support.flex)
+
+    def _drop_flex(self, model, support: Support, error: Exception) -> Support:
+        """FlexAttention compiles per shape: a batch whose kernel fails to build switches
+        this model to dense masks for the rest of the run, and says so."""
+        if isinstance(error, torch.OutOfMemoryError):
+            raise error
+        self._set_attention(model, self._dense_implementation)
+        note = f"flex attention off from here: {type(error).__name__}: {_first_line(error)}"
+        dense = Support(support.chunked, support.custom_mask, support.notes + (note,))
+        dense.summary = self.describe(type(unwrap(model)).__name__, dense, "")
+        self.support[model] = dense
+        self.log(f"fast forward ({type(unwrap(model)).__name__}): {note}")
+        return dense
 
     def run(self, model, pairs: Sequence[TokenizedPair], device: torch.device,
             chunked: bool, custom_mask: bool, use_flex: bool = False) -> SequenceLogps:
@@ -273,11 +292,14 @@ class FastForward:
 
     def _attention_switch(self, model, device: torch.device, notes: list) -> bool:
         """Whether custom masks go in as FlexAttention blocks, switching the model's
-        attention implementation where ``attention`` asks for it. auto keeps the model's
-        own: flex for a model loaded with ``flex_attention``, dense masks otherwise."""
+        attention implementation where ``attention`` asks for it. auto takes flex on a GPU
+        when the probe runs (it checks flex's forward and backward against the padded path
+        before the first step), and otherwise keeps the model's own implementation."""
         config = getattr(unwrap(model), "config", None)
         current = getattr(config, "_attn_implementation", None)
-        wanted = {"auto": current == flex.FLEX, "flex": True, "dense": False}[self.attention]
+        auto = current == flex.FLEX or (self.probe and device.type == "cuda"
+                                        and flex.available())
+        wanted = {"auto": auto, "flex": True, "dense": False}[self.attention]
         if wanted and not flex.available():
             notes.append("flex attention off: this torch has no FlexAttention")
             wanted = False
