@@ -138,3 +138,14 @@ def test_fp16_loss_scale_overflows_lower_the_scale_without_counting_as_skips(tmp
     assert all_finite(trainer)
     moved = trainer.accelerator.unwrap_model(trainer.model).state_dict()
     assert any(not torch.equal(start[k], moved[k]) for k in start)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_the_state_check_finds_one_non_finite_value_among_millions(bad):
+    tensors = [torch.full((1_000_000,), 1e20), torch.zeros(0), torch.randn(3, 5)]
+    assert guard.state_is_finite(tensors, lambda flags: flags)
+    tensors[0][123_456] = bad
+    assert not guard.state_is_finite(tensors, lambda flags: flags)
+    # +inf in one tensor and -inf in another do not cancel out.
+    assert not guard.state_is_finite([torch.tensor([float("inf")]),
+                                      torch.tensor([float("-inf")])], lambda flags: flags)

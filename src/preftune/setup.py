@@ -12,6 +12,7 @@ from typing import Callable
 
 from preftune.config import Config, TrainingConfig, dump_config
 from preftune.model_io import load_model, load_tokenizer, parse_dtype
+from preftune.pauses import FINAL_SAVE_DELAY_ENV, pause
 
 
 def build_tokenizer(config: Config):
@@ -175,6 +176,7 @@ def save_final(trainer, final_metrics: dict) -> Path:
         model.save_pretrained(staging, state_dict=None if is_peft_model(model) else state_dict,
                               safe_serialization=True)
         trainer.tokenizer.save_pretrained(staging)
+        pause(FINAL_SAVE_DELAY_ENV)
         dump_config(trainer.config, staging / "preftune_config.yaml")
         (staging / "run_info.json").write_text(
             json.dumps(json_safe(trainer.run_info()), indent=2) + "\n")

@@ -36,6 +36,7 @@ from preftune.method import ResolvedMethod, resolve_method
 from preftune.metrics import JsonlLog, MetricWindow, json_safe, total_loss
 from preftune.objectives import compute_objective, example_metrics, step_loss
 from preftune.optim import build_optimizer
+from preftune.pauses import EVAL_DELAY_ENV, pause
 from preftune.saving import SaveClock, SavePolicy
 from preftune.signals import StopRequest
 from preftune.types import TokenizedPair
@@ -362,6 +363,7 @@ class Trainer:
             # evaluations at different steps compare like with like.
             output, _ = self.batch_output([self.eval_pairs[i] for i in batch], step=0)
             window.add(example_metrics(output))
+            pause(EVAL_DELAY_ENV)
         means = window.means(self._all_reduce)
         means["loss"] = total_loss(means, self.method.nll_weight)
         return {f"eval_{k}": v for k, v in means.items()}
