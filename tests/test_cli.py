@@ -71,3 +71,53 @@ def test_hh_rlhf_at_256_tokens_has_only_finite_losses(tmp_path, tokenizer):
     assert len(records) == 5
     for record in records:
         assert all(isinstance(v, (int, float)) and math.isfinite(v) for v in record.values()), record
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_every_recipe_passes_validation(recipe):
+    from preftune.validation import validate
+
+    validate(load_config(str(recipe)), loads_data=False)
+
+
+def test_version_and_an_unknown_command(capsys):
+    from preftune import __version__
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"preftune {__version__}"
+    assert main(["trian"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown command 'trian' (did you mean 'train'?)" in err
+    assert "train, methods, demo, eval, judge, pairs, report" in err
+
+
+def test_train_help_lists_every_key(capsys):
+    import dataclasses
+
+    from preftune.config import SECTIONS
+    from preftune.objectives import hyperparameter_spellings
+
+    assert main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    keys = [f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls)
+            if f.name != "hyperparameters"] + list(hyperparameter_spellings())
+    missing = [key for key in keys if f"\n  --{key} " not in out]
+    assert not missing
+    assert "  --learning_rate FLOAT (default 1e-06; > 0)\n      Peak learning rate.\n" in out
+    assert "  --eval_strategy STR (default steps; steps | epoch | no)\n" in out
+
+
+def test_every_key_is_documented_and_docs_config_md_is_current():
+    """docs/config.md is generated (python -m preftune.config_docs docs/config.md)."""
+    import dataclasses
+
+    from preftune.config import FIELDS, SECTIONS
+    from preftune.config_docs import field_docs, markdown
+    from preftune.validation import BOUNDS, CHOICES
+
+    for cls in SECTIONS.values():
+        docs = field_docs(cls)
+        assert [f.name for f in dataclasses.fields(cls) if not docs.get(f.name)] == []
+    assert set(BOUNDS) | set(CHOICES) <= set(FIELDS)
+    assert (ROOT / "docs" / "config.md").read_text() == markdown(), \
+        "regenerate with: python -m preftune.config_docs docs/config.md"

@@ -10,7 +10,8 @@ def test_cli_overrides_fill_typed_fields():
     config = load_config(None, ["--beta", "2.5", "--learning_rate=3e-7", "--bf16",
                                 "--max_steps", "12", "--column_mapping", "{prompt: question}",
                                 "--method", "simpo"])
-    assert config.method.beta == 2.5 and isinstance(config.method.beta, float)
+    beta = config.method.hyperparameters["beta"]
+    assert beta == 2.5 and isinstance(beta, float)
     assert config.training.learning_rate == 3e-7
     assert config.training.bf16 is True
     assert config.training.max_steps == 12
@@ -22,7 +23,7 @@ def test_yaml_then_cli_override(tmp_path):
     recipe.write_text("method: dpo\nbeta: 0.1\ntraining:\n  learning_rate: 1.0e-6\n")
     config = load_config(str(recipe), ["--beta", "0.3"])
     assert config.method.method == "dpo"
-    assert config.method.beta == 0.3
+    assert config.method.hyperparameters["beta"] == 0.3
     assert config.training.learning_rate == 1e-6
 
 
@@ -182,3 +183,68 @@ def test_anchors_reused_normally_still_work(tmp_path):
     assert config.training.learning_rate == 1e-6 and config.training.adam_epsilon == 1e-6
     assert config.data.max_length == 512 and config.data.max_prompt_length == 512
     assert config.data.dataset_mixer == {"a.jsonl": 0.5, "b.jsonl": 0.5}
+
+
+# -- hyperparameters: declared by the objectives, read by the config ------------------------
+
+def test_loss_type_ipo_with_a_reference_model_is_dpo_trainers_ipo():
+    """TRL's DPOTrainer reads loss_type ipo against its reference model, with no NLL term;
+    its CPOTrainer (no reference model) adds cpo_alpha 1.0 NLL and has no reference."""
+    with_reference = resolve_method(load_config(None, ["--loss_type", "ipo"]).method, "smollm2")
+    assert with_reference.objective.name == "ipo" and with_reference.needs_reference
+    assert with_reference.nll_weight == 0.0 and "DPOTrainer" in with_reference.note
+    alone = resolve_method(load_config(None, ["--loss_type", "ipo"]).method)
+    assert not alone.needs_reference and alone.nll_weight == 1.0
+    assert "CPOTrainer" in alone.note
+
+
+def test_a_dumped_config_loads_back_the_same(tmp_path):
+    from preftune.config import dump_config
+
+    config = load_config(None, ["--method", "simpo", "--beta", "2.5", "--gamma_beta_ratio",
+                                "0.55", "--max_length", "256"])
+    dump_config(config, tmp_path / "preftune_config.yaml")
+    text = (tmp_path / "preftune_config.yaml").read_text()
+    assert "  hyperparameters:\n    beta: 2.5\n    gamma_beta_ratio: 0.55\n" in text
+    assert load_config(str(tmp_path / "preftune_config.yaml")).to_dict() == config.to_dict()
+
+
+def test_a_null_hyperparameter_is_unset():
+    config = load_config(None, ["--beta", "2", "--beta", "null"])
+    assert config.method.hyperparameters == {}
+
+
+def test_resume_compares_hyperparameters_one_by_one():
+    from preftune.resume import run_differences
+
+    def state(**given):
+        return {"config": {"method": {"method": "simpo", "hyperparameters": given}}}
+
+    assert run_differences(state(beta=2.0), state(beta=2.0)) == []
+    assert run_differences(state(beta=2.0), state(beta=2.0, gamma=1.0)) == [
+        "gamma: None -> 1.0"]
+    assert run_differences(state(simpo_gamma=1.0), state(gamma=1.0)) == [
+        "gamma: None -> 1.0", "simpo_gamma: 1.0 -> None"]
+
+
+@pytest.mark.parametrize("typed, meant", [("model", "model_name_or_path"),
+                                          ("dataset", "dataset_name"),
+                                          ("lr_scheduler", "lr_scheduler_type"),
+                                          ("gradient_accumulation", "gradient_accumulation_steps"),
+                                          ("simpo_gama", "simpo_gamma"),
+                                          ("label_smoothin", "label_smoothing")])
+def test_unknown_keys_suggest_trl_spellings(typed, meant):
+    with pytest.raises(ConfigError, match=f"unknown key '{typed}' \\(did you mean '{meant}'"):
+        load_config(None, [f"--{typed}", "1"])
+
+
+def test_the_repository_yamls_pass_validation_where_they_can_run():
+    """The CPO-SimPO one does; the SimPO one asks for flash attention, which needs CUDA
+    and flash-attn (and wandb): refused on a machine without them, by name."""
+    from preftune.validation import cuda_available, validate
+
+    validate(load_config(str(FIXTURES / "cpo_simpo_repo_style.yaml")))
+    if not cuda_available():
+        with pytest.raises(ConfigError, match="attn_implementation flash_attention_2"):
+            validate(load_config(str(FIXTURES / "simpo_repo_style.yaml"),
+                                 ["--report_to", "none"]))

@@ -122,7 +122,7 @@ def test_optimizer_choice_is_said():
     from types import SimpleNamespace
 
     t = SimpleNamespace(learning_rate=1e-6, adam_beta1=0.9, adam_beta2=0.999,
-                        adam_epsilon=1e-8, weight_decay=0.0)
+                        adam_epsilon=1e-8, weight_decay=0.0, optim="adamw_torch")
     optimizer, said = build_optimizer(tiny_llama(vocab_size=1000), t)
     assert type(optimizer) is torch.optim.AdamW and said == "AdamW on float32 weights"
     optimizer, said = build_optimizer(tiny_llama(vocab_size=1000).to(torch.bfloat16), t)

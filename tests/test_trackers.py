@@ -44,6 +44,11 @@ def test_flat_config_is_scalars_only():
     assert all(isinstance(v, (bool, int, float, str)) for v in flat.values())
 
 
+def test_flat_config_gives_each_hyperparameter_its_own_key():
+    flat = flat_config(load_config(None, ["--method", "simpo", "--beta", "2.5"]))
+    assert flat["method/beta"] == 2.5 and "method/hyperparameters" not in flat
+
+
 def read_scalars(folder):
     """tag -> [(step, value)] from every TensorBoard event file under ``folder``."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

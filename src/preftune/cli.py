@@ -3,17 +3,20 @@
     preftune train --config recipes/simpo-cpu.yaml [--key value ...]
     preftune train --model_name_or_path smollm2 --dataset_name data.jsonl --method simpo
     accelerate launch -m preftune.cli train --config recipe.yaml     # several devices
+    preftune train --help                                            # every config key
     preftune methods                                                 # every objective
     preftune demo                                                    # the CPU demo
     preftune eval MODEL --data heldout.jsonl [--prompts q.jsonl]     # metrics, answers
     preftune judge --a gen_a.jsonl --b gen_b.jsonl --judge openai    # win rate, LC win rate
     preftune pairs MODEL --prompts q.jsonl --judge reward ...        # on-policy pairs
     preftune report RUN_DIR [RUN_DIR ...] [--out report.html]        # plots of runs, as HTML
+    preftune --version
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 from typing import Optional
 
@@ -25,26 +28,35 @@ def cmd_methods(_: list[str]) -> int:
              "kto-pair", "orpo", "sft"]
     names = [n for n in order if n in REGISTRY] + sorted(set(REGISTRY) - set(order))
     for obj in (REGISTRY[n] for n in names):
-        hparams = ", ".join(f"{k}={v:g}" for k, v in obj.hyperparameters.items()) or "-"
         print(f"{obj.name}")
         print(f"  paper:      {obj.paper}")
         print(f"  loss:       {obj.equation}")
         print(f"  reference:  {'yes' if obj.needs_reference else 'no'}   "
               f"data: {'paired' if obj.paired else 'unpaired (prompt, completion, label)'}   "
               f"reduction: {obj.reduction}")
-        print(f"  defaults:   {hparams}; nll weight (cpo_alpha) {obj.nll_weight:g}")
+        print(f"  nll weight: {obj.nll_weight:g} (cpo_alpha)")
+        for h in obj.hyperparameters:
+            spellings = [*h.aliases, *(f"{a} x {b}" for a, b in h.scaled_aliases)]
+            also = f"; also {', '.join(spellings)}" if spellings else ""
+            print(f"  --{h.name} {h.default:g} ({h.bounds}{also}): {h.doc}")
     return 0
 
 
 def cmd_train(argv: list[str]) -> int:
     from preftune.config import load_config
 
-    parser = argparse.ArgumentParser(prog="preftune train", add_help=True,
-                                     description="Train with a recipe and/or --key value options "
-                                                 "(any config key; see README).")
-    parser.add_argument("--config", help="YAML recipe (flat keys, or grouped by section)")
+    if "-h" in argv or "--help" in argv:
+        from preftune.config_docs import train_help
+
+        print(train_help())
+        return 0
+    parser = argparse.ArgumentParser(prog="preftune train", add_help=False, allow_abbrev=False)
+    parser.add_argument("--config")
     known, rest = parser.parse_known_args(argv)
     config = load_config(known.config, rest)
+    from preftune.validation import validate
+
+    validate(config)  # before any tokenizer, data or model
     from preftune.preflight import offline_when_local
 
     offline_when_local(config)  # before transformers is imported
@@ -97,9 +109,20 @@ COMMANDS = {"train": cmd_train, "methods": cmd_methods, "demo": cmd_demo, "eval"
 
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+    if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
-        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from preftune import __version__
+
+        print(f"preftune {__version__}")
+        return 0
+    if argv[0] not in COMMANDS:
+        close = difflib.get_close_matches(argv[0], COMMANDS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        print(f"preftune: unknown command {argv[0]!r}{hint}; the commands are "
+              f"{', '.join(COMMANDS)} (preftune --help shows how to use them)", file=sys.stderr)
+        return 2
     from preftune.config import ConfigError
     from preftune.data import DataError
     from preftune.errors import TrainingStopped

@@ -1,10 +1,15 @@
 """Typed configuration shared by YAML files and the command line.
 
 Keys are flat, as in TRL and the SimPO repositories (``beta``, ``learning_rate``,
-``max_length`` ...); each belongs to exactly one section dataclass. A YAML file may be flat
-or grouped under ``model:``, ``data:``, ``method:``, ``training:``. Unknown keys are errors
-with a suggestion; a short list of keys from those repositories that have no effect here
-(hub and logging plumbing) is accepted and reported as ignored.
+``max_length`` ...); each belongs to exactly one section dataclass, documented by the
+string under it (``preftune train --help`` and docs/config.md print those). The objectives'
+hyperparameters are declared with each objective (objectives/hyperparameters.py): any
+spelling a registered objective declares is a key, kept as given in
+``method.hyperparameters``. A YAML file may be flat or grouped under ``model:``, ``data:``,
+``method:``, ``training:``. Unknown keys are errors with a suggestion; a short list of keys
+from those repositories that have no effect here (hub and logging plumbing) is accepted and
+reported as ignored. This module reads values and checks their types; preftune.validation
+checks what they mean, before anything loads.
 """
 
 from __future__ import annotations
@@ -30,17 +35,25 @@ class ModelConfig:
     ref_model: Optional[str] = None
     """Reference model; default: a frozen copy of the starting policy."""
     tokenizer_name_or_path: Optional[str] = None
+    """Tokenizer to use; default: the model's own."""
     torch_dtype: Optional[str] = "auto"
     """Weights' dtype. auto/null: float32 (master weights; ``bf16`` runs the matmuls in bf16
-    under autocast). bfloat16/float16 halve the weights' memory; AdamW then updates float32
-    master copies of the trainable weights (preftune.optim), so small updates still land."""
+    under autocast). bfloat16 halves the weights' memory; AdamW then updates float32 master
+    copies of the trainable weights (preftune.optim), so small updates still land. float16
+    weights are refused for training, except as the frozen base of LoRA adapters."""
     attn_implementation: Optional[str] = None
+    """Attention kernel of the model (eager, sdpa, flex_attention, flash_attention_2 ...);
+    default: transformers' choice. flash_attention_2 needs CUDA and the flash-attn package."""
     use_flash_attention_2: bool = False
+    """The SimPO repository's spelling of ``attn_implementation: flash_attention_2``."""
     trust_remote_code: bool = False
+    """Run the modelling code a hub repository ships (only for repositories you trust)."""
     chat_template: Optional[str] = None
     """A Jinja chat template (or a path to one) overriding the tokenizer's."""
     gradient_checkpointing: bool = False
+    """Recompute activations in backward: less memory, about a third more compute."""
     gradient_checkpointing_kwargs: Optional[dict] = None
+    """Passed to ``gradient_checkpointing_enable``; default ``{use_reentrant: false}``."""
     precompute_ref_log_probs: bool = False
     """Compute reference log-probs once before training, cache them on disk, and train
     without a reference model in memory."""
@@ -49,9 +62,14 @@ class ModelConfig:
     use_peft: bool = False
     """Train LoRA adapters (peft); the reference is the base model with adapters off."""
     lora_r: int = 16
+    """LoRA rank."""
     lora_alpha: int = 32
+    """LoRA scale numerator: the adapters' output is scaled by lora_alpha / lora_r."""
     lora_dropout: float = 0.0
+    """Dropout on the LoRA adapters' input."""
     lora_target_modules: Optional[Any] = "all-linear"
+    """Module names (a list, or one name) that get adapters; ``all-linear``: every linear
+    layer but the output head."""
     load_in_4bit: bool = False
     """QLoRA: load the base weights in 4 bits (bitsandbytes, CUDA only)."""
     merge_lora: bool = False
@@ -63,8 +81,11 @@ class DataConfig:
     dataset_name: Optional[str] = None
     """Hub dataset id, or a local file (jsonl/json/parquet/csv/arrow, .gz allowed) or folder."""
     dataset_config: Optional[str] = None
+    """The hub dataset's configuration (subset) name."""
     dataset_train_split: str = "train"
+    """Split (or file of a folder) to train on."""
     dataset_test_split: Optional[str] = None
+    """Split to evaluate on; default: a test file of a folder, else none."""
     eval_dataset: Optional[str] = None
     """A separate file, folder or hub id for evaluation."""
     eval_fraction: float = 0.0
@@ -79,10 +100,22 @@ class DataConfig:
     data_format: str = "auto"
     """auto, standard, conversational, implicit, unpaired."""
     max_length: int = 1024
-    max_prompt_length: int = 512
+    """Tokens of prompt plus completion; prompts are cut first (from the left), then
+    completions (from the right), so every completion keeps at least one token."""
+    max_prompt_length: Optional[int] = None
+    """Longest prompt kept (cut from the left); null: half of ``max_length``. Must be below
+    ``max_length``."""
     skip_bad_rows: bool = False
+    """Skip rows that cannot be read (counted in a summary) instead of stopping at the first."""
     max_train_samples: Optional[int] = None
+    """Use only the first this many training rows."""
     max_eval_samples: Optional[int] = None
+    """Use only the first this many evaluation rows."""
+
+    @property
+    def prompt_limit(self) -> int:
+        """``max_prompt_length``, or half of ``max_length`` when unset."""
+        return self.max_length // 2 if self.max_prompt_length is None else self.max_prompt_length
 
 
 @dataclass
@@ -90,22 +123,19 @@ class MethodConfig:
     method: Optional[str] = None
     """Objective name (``preftune methods`` lists them)."""
     loss_type: Optional[str] = None
-    """TRL CPOConfig spelling: sigmoid/hinge/ipo/simpo, with ``cpo_alpha`` choosing
-    cpo, simpo or cpo-simpo. Ignored when ``method`` is set."""
-    beta: Optional[float] = None
-    gamma: Optional[float] = None
-    simpo_gamma: Optional[float] = None
-    gamma_beta_ratio: Optional[float] = None
+    """TRL's spelling: sigmoid/hinge/ipo/simpo as in its CPOConfig, with ``cpo_alpha``
+    choosing cpo, simpo or cpo-simpo; ipo/hinge with a ``ref_model`` as in its DPOConfig
+    (reference-based, no NLL term). Give ``method`` or ``loss_type``, not both."""
     cpo_alpha: Optional[float] = None
-    """Weight of the chosen-completion NLL term, on any objective."""
+    """Weight of the chosen-completion NLL term, on any objective; default: the objective's."""
     sft_weight: Optional[float] = None
     """The SimPO repository's name for ``cpo_alpha``."""
-    label_smoothing: float = 0.0
-    rdpo_alpha: Optional[float] = None
-    desirable_weight: float = 1.0
-    undesirable_weight: float = 1.0
     reference_free: bool = False
     """Score a reference-based objective against a uniform reference (TRL's flag)."""
+    hyperparameters: dict = field(default_factory=dict)
+    """The objective's hyperparameters as given, by spelling (``beta``, ``simpo_gamma`` ...).
+    Each is a key of its own in YAML and on the command line; ``preftune methods`` lists
+    which objective takes which, with defaults and bounds."""
 
 
 @dataclass
@@ -117,31 +147,62 @@ class TrainingConfig:
     overwrite_output_dir: bool = False
     """Start over in a folder holding another run: its checkpoints, logs and model go."""
     run_name: Optional[str] = None
+    """The run's name for trackers (``report_to``)."""
     seed: int = 42
+    """Seeds data order, held-out rows, SamPO's draws and weight initialisation."""
     learning_rate: float = 1e-6
+    """Peak learning rate."""
     num_train_epochs: float = 1.0
+    """Passes over the training pairs (fractions allowed); unused when ``max_steps`` > 0."""
     max_steps: int = -1
+    """Optimizer steps to train; -1: ``num_train_epochs`` decide."""
     per_device_train_batch_size: int = 2
+    """Pairs per micro-batch on each device."""
     per_device_eval_batch_size: int = 4
+    """Pairs per evaluation batch on each device."""
     gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step; the step equals one batch of all of them."""
     lr_scheduler_type: str = "cosine"
+    """Learning-rate schedule after warmup (transformers' schedules that need no extra
+    arguments)."""
     warmup_ratio: float = 0.1
+    """Share of the steps spent warming up linearly from 0 (unless ``warmup_steps``)."""
     warmup_steps: int = 0
+    """Warmup steps; > 0 overrides ``warmup_ratio``."""
     weight_decay: float = 0.0
+    """Decoupled weight decay (AdamW, Adafactor, SGD)."""
     adam_beta1: float = 0.9
+    """AdamW's first-moment decay."""
     adam_beta2: float = 0.999
+    """AdamW's second-moment decay."""
     adam_epsilon: float = 1e-8
+    """AdamW's denominator epsilon."""
     max_grad_norm: float = 1.0
+    """Clip the gradient's global norm to this; 0: no clipping."""
     optim: str = "adamw_torch"
+    """The optimizer: adamw_torch, adamw_torch_fused, adafactor (fixed learning rate, no
+    relative step), sgd (plain, no momentum), or bitsandbytes' adamw_8bit, paged_adamw_8bit,
+    paged_adamw_32bit. bfloat16 weights train with the AdamW choices only (float32 master
+    copies)."""
     bf16: Optional[bool] = None
     """None: bf16 autocast on a GPU that supports it, fp32 on CPU."""
     fp16: bool = False
     """fp16 autocast over float32 weights with dynamic loss scaling (GPU only)."""
     logging_steps: int = 10
+    """Steps between rows of metrics.jsonl (the last step is always logged)."""
+    logging_first_step: bool = False
+    """Also log the first step's metrics."""
     eval_strategy: str = "steps"
+    """When to evaluate during training: ``steps`` (every ``eval_steps``), ``epoch`` (at
+    each epoch's end) or ``no``; a run with eval data is always evaluated at its end
+    unless ``no``."""
     eval_steps: Optional[int] = None
+    """With ``eval_strategy: steps``: steps between evaluations; null: only at the end."""
     do_eval: bool = True
+    """False: no evaluation at all, as ``eval_strategy: no``."""
     save_strategy: str = "steps"
+    """When to checkpoint: ``steps`` (``save_steps`` and ``save_minutes``), ``epoch`` (at
+    each epoch's end, and by time) or ``no``."""
     save_steps: Optional[int] = None
     """Steps between checkpoints; None: by time (``save_minutes``). Every run with
     checkpoints on also writes one at its last step, before the final evaluation and save."""
@@ -165,14 +226,19 @@ class TrainingConfig:
     """Iterative training (iterative SamPO / DPO): split the data into this many parts; each
     round trains on one, starting from the last round's policy, which is also its reference."""
     disable_dropout: bool = True
+    """Turn the model's dropout off, as TRL does for preference training."""
     router_aux_loss_coef: Optional[float] = None
+    """Weight of a mixture-of-experts router's load-balancing loss; default: the model's."""
     report_to: Optional[Any] = None
     """Trackers fed the rows of metrics.jsonl: tensorboard, wandb, mlflow, trackio, or a
     comma list of them; none (the default) for the JSONL log alone. TensorBoard writes under
     ``OUTPUT_DIR/runs``."""
     push_to_hub: bool = False
+    """Upload the final model and tokenizer to the hub."""
     hub_model_id: Optional[str] = None
+    """Hub repository for ``push_to_hub``; default: the output folder's name."""
     progress_bar: bool = True
+    """Show a progress bar with loss, margin, accuracy and tokens/s."""
     # The forward station (preftune/fast/): each switch alone keeps results equal to the
     # plain padded, full-logits path; all three off is that path.
     chunked_logps: bool = True
@@ -205,8 +271,7 @@ SECTIONS = {"model": ModelConfig, "data": DataConfig, "method": MethodConfig,
 # Keys of the SimPO / CPO-SimPO / TRL configs that have no effect here; accepted so their
 # YAML files run unchanged, and reported when a run starts.
 IGNORED_KEYS = {"log_level", "preprocessing_num_workers", "dataset_num_proc",
-                "per_device_eval_batch_size_per_gpu", "remove_unused_columns",
-                "logging_first_step", "save_only_model",
+                "per_device_eval_batch_size_per_gpu", "remove_unused_columns", "save_only_model",
                 "dataloader_num_workers", "dataloader_pin_memory", "ddp_timeout",
                 "use_liger_kernel", "generate_during_eval", "truncation_mode",
                 "padding_value", "label_pad_token_id", "model_init_kwargs", "hub_strategy",
@@ -244,7 +309,15 @@ FIELDS = _field_index()
 
 
 def _suggest(key: str) -> str:
-    close = difflib.get_close_matches(key, list(FIELDS) + list(ALIASES), n=1, cutoff=0.6)
+    """The key meant, in the spellings TRL and the SimPO repository use. Their users type a
+    key's first words (``--model``, ``--dataset``, ``--lr_scheduler``): a key that begins
+    known ones suggests the first declared (``model_name_or_path``, not ``ref_model``);
+    otherwise the closest spelling."""
+    from preftune.objectives import hyperparameter_spellings
+
+    known = [*FIELDS, *ALIASES, *hyperparameter_spellings()]
+    begun = [name for name in known if name.startswith(f"{key}_")]
+    close = begun[:1] or difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
@@ -264,7 +337,11 @@ def coerce(key: str, value: Any, f: Optional[dataclasses.Field] = None) -> Any:
     read as YAML scalars, so ``--beta 2.5``, ``--bf16 true`` and ``--column_mapping
     '{prompt: question}'`` all work. ``f``: a field outside the training sections."""
     f = f or FIELDS[key][1]
-    kind = _base_type(f.type)
+    return coerce_to(key, value, _base_type(f.type))
+
+
+def coerce_to(key: str, value: Any, kind: Any) -> Any:
+    """:func:`coerce` to a type given directly (``Any`` accepts every value)."""
     if isinstance(value, str) and kind in (int, float):
         # PyYAML reads "5e-7" (no dot) as a string; numbers are numbers wherever they come from.
         try:
@@ -364,19 +441,43 @@ def flatten(values: dict, where: str) -> dict:
 
 
 def build_config(values: dict, where: str = "config") -> Config:
+    """Keys to a :class:`Config`: section fields, their other spellings (``ALIASES``), the
+    hyperparameters some registered objective declares (name or alias, into
+    ``method.hyperparameters``; which objective takes them is checked by
+    ``preftune.method``), and the ignored keys."""
     config = Config()
     for raw_key, value in flatten(values, where).items():
         key = ALIASES.get(raw_key, raw_key)
-        if key == "use_flash_attention_2" and value:
-            config.model.attn_implementation = "flash_attention_2"
         if key in IGNORED_KEYS:
             config.ignored.append(raw_key)
-            continue
-        if key not in FIELDS:
-            raise ConfigError(f"{where}: unknown key {raw_key!r}{_suggest(raw_key)}")
-        section, _ = FIELDS[key]
-        setattr(getattr(config, section), key, coerce(key, value))
+        elif key == "hyperparameters":  # as a dumped config writes them
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: hyperparameters: expected a mapping, got {value!r}")
+            for spelling, given in value.items():
+                set_hyperparameter(config.method, spelling, given, where)
+        elif key in FIELDS:
+            section, _ = FIELDS[key]
+            value = coerce(key, value)
+            setattr(getattr(config, section), key, value)
+            if key == "use_flash_attention_2" and value:
+                config.model.attn_implementation = "flash_attention_2"
+        else:
+            set_hyperparameter(config.method, raw_key, value, where)
     return config
+
+
+def set_hyperparameter(method: MethodConfig, spelling: str, value: Any, where: str) -> None:
+    """One objective hyperparameter, by any spelling an objective declares; null unsets it."""
+    from preftune.objectives import hyperparameter_spellings
+
+    declared = hyperparameter_spellings().get(spelling)
+    if declared is None:
+        raise ConfigError(f"{where}: unknown key {spelling!r}{_suggest(spelling)}")
+    value = coerce_to(spelling, value, declared.type)
+    if value is None:
+        method.hyperparameters.pop(spelling, None)
+    else:
+        method.hyperparameters[spelling] = value
 
 
 def parse_overrides(argv: list[str]) -> dict:
@@ -404,6 +505,8 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
     """YAML file (safe loader) then command-line overrides, into one :class:`Config`."""
     values: dict = {}
     if path:
+        if not Path(path).is_file():
+            raise ConfigError(f"--config: {path} is not a file")
         text = Path(path).read_text()
         loaded = _safe_yaml(text, path) or {}
         if not isinstance(loaded, dict):

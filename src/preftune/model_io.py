@@ -16,6 +16,9 @@ import torch
 
 SMOLLM2_ALIASES = {"smollm2", "builtin:smollm2", "smollm2-135m-instruct"}
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# torch_dtype names; auto (or null) is float32.
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
 
 def cache_dir() -> Path:
@@ -65,11 +68,9 @@ def parse_dtype(name: Optional[str], device: torch.device) -> torch.dtype:
     preftune.optim.) ``device`` is accepted for callers that pass it; it changes nothing."""
     if name in (None, "auto"):
         return torch.float32
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-    if name not in table:
-        raise ValueError(f"unknown torch_dtype {name!r}; use one of {sorted(table)} or auto")
-    return table[name]
+    if name not in DTYPES:
+        raise ValueError(f"unknown torch_dtype {name!r}; use one of {sorted(DTYPES)} or auto")
+    return DTYPES[name]
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):

@@ -15,6 +15,8 @@ records what changed, at which step.
 
 from __future__ import annotations
 
+from typing import Optional
+
 # Settings that leave every number of the run as it was.
 FREE_KEYS = frozenset({
     # model: how it is computed, not what
@@ -33,22 +35,33 @@ FREE_KEYS = frozenset({
     "save_minutes", "save_total_limit", "resume", "resume_force",
     "max_consecutive_nonfinite", "max_nonfinite_fraction", "report_to", "push_to_hub",
     "hub_model_id", "progress_bar", "chunked_logps", "logps_chunk_size", "prefix_sharing",
-    "packing", "max_tokens_per_row", "fast_attention",
+    "packing", "max_tokens_per_row", "fast_attention", "logging_first_step",
 })
 
 
 def _flat(state: dict) -> dict:
     return {k: v for section in (state.get("config") or {}).values() for k, v in
-            section.items()}
+            section.items() if k != "hyperparameters"}
+
+
+def _hyperparameters(state: dict) -> Optional[dict]:
+    """The objective's hyperparameters as given (``method.hyperparameters``), by spelling;
+    None in a checkpoint that predates them."""
+    return ((state.get("config") or {}).get("method") or {}).get("hyperparameters")
 
 
 def run_differences(saved: dict, current: dict) -> list[str]:
     """``key: old -> new`` for each setting, the process count and the training pairs
     that differ between a checkpoint's state and the resuming run's. Keys a checkpoint
-    predates are not compared."""
+    predates are not compared; a hyperparameter given in one run only compares with None."""
     before, now = _flat(saved), _flat(current)
     found = [f"{key}: {before[key]!r} -> {now.get(key)!r}" for key in before
              if key not in FREE_KEYS and key in now and before[key] != now[key]]
+    given_before, given_now = _hyperparameters(saved), _hyperparameters(current)
+    if given_before is not None and given_now is not None:
+        found += [f"{key}: {given_before.get(key)!r} -> {given_now.get(key)!r}"
+                  for key in sorted({*given_before, *given_now})
+                  if given_before.get(key) != given_now.get(key)]
     if "processes" in saved and saved["processes"] != current.get("processes"):
         found.append(f"processes: {saved['processes']} -> {current.get('processes')}")
     if "pairs_fingerprint" in saved and saved["pairs_fingerprint"] != current.get(
@@ -72,10 +85,11 @@ def apply_changes(optimizer, scheduler, t) -> None:
     settings replace the ones the optimizer and schedule state carried. The schedule's
     shape (warmup, decay, total steps) is already the new config's: a loaded schedule keeps
     its step count and base rates, and its rate functions are the new scheduler's own."""
-    new = {"betas": (t.adam_beta1, t.adam_beta2), "eps": t.adam_epsilon,
-           "weight_decay": t.weight_decay}
+    adamw = {"betas": (t.adam_beta1, t.adam_beta2), "eps": t.adam_epsilon}
     for group in optimizer.param_groups:
         group["initial_lr"] = t.learning_rate
+        # Adafactor's "eps" is a pair of its own; only AdamW's groups (with betas) take these.
+        new = {"weight_decay": t.weight_decay, **(adamw if "betas" in group else {})}
         for key, value in new.items():
             if key in group:
                 group[key] = value

@@ -41,8 +41,8 @@ def train_rounds(config: Config, *, model=None, tokenizer=None, train_pairs=None
         from preftune.preflight import check_run
 
         check_run(config, tokenizer, model=model, log=log)  # before tokenizing every row
-        train_pairs, eval_pairs = setup.build_pairs(config, tokenizer,
-                                                    resolve_method(config.method), log=log)
+        method = resolve_method(config.method, config.model.ref_model)
+        train_pairs, eval_pairs = setup.build_pairs(config, tokenizer, method, log=log)
     parts = split_parts(len(train_pairs), rounds, config.training.seed)
     output_dir = Path(config.training.output_dir)
     results, accelerator = [], None

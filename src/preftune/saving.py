@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from preftune.errors import ConfigError
-
 STRATEGIES = ("steps", "epoch", "no")
+"""Values of ``save_strategy`` and ``eval_strategy``."""
 
 
 @dataclass
@@ -26,15 +25,7 @@ class SavePolicy:
 
     @classmethod
     def from_config(cls, t, steps_per_epoch: int) -> "SavePolicy":
-        if t.save_strategy not in STRATEGIES:
-            raise ConfigError(f"save_strategy must be one of {', '.join(STRATEGIES)}, got "
-                              f"{t.save_strategy!r}")
-        if t.save_steps is not None and t.save_steps < 1:
-            raise ConfigError(f"save_steps must be >= 1, got {t.save_steps}")
-        if t.save_minutes is not None and t.save_minutes <= 0:
-            raise ConfigError(f"save_minutes must be > 0 (or null: off), got {t.save_minutes}")
-        if t.save_total_limit is not None and t.save_total_limit < 1:
-            raise ConfigError(f"save_total_limit must be >= 1, got {t.save_total_limit}")
+        """From a validated config (preftune.validation checks the strategy and counts)."""
         if t.save_strategy == "no":
             return cls(False, None, None, t.save_total_limit)
         every = steps_per_epoch if t.save_strategy == "epoch" else t.save_steps

@@ -11,6 +11,7 @@ from typing import Callable
 
 
 from preftune.config import Config, TrainingConfig, dump_config
+from preftune.errors import ConfigError
 from preftune.model_io import load_model, load_tokenizer, parse_dtype
 from preftune.pauses import FINAL_SAVE_DELAY_ENV, pause
 
@@ -37,7 +38,7 @@ def build_pairs(config: Config, tokenizer, method, log: Callable[[str], None] = 
     from preftune.preflight import check_rows
 
     check_rows(train_rows, tokenizer, d.data_format, d.column_mapping)
-    options = dict(max_length=d.max_length, max_prompt_length=d.max_prompt_length,
+    options = dict(max_length=d.max_length, max_prompt_length=d.prompt_limit,
                    data_format=d.data_format, column_mapping=d.column_mapping,
                    skip_bad_rows=d.skip_bad_rows, unpaired=not method.objective.paired)
     train_pairs, report = tokenize_rows(train_rows, tokenizer, **options)
@@ -80,7 +81,10 @@ def wrap_lora(model, m):
         model.enable_input_require_grads()
     lora = LoraConfig(r=m.lora_r, lora_alpha=m.lora_alpha, lora_dropout=m.lora_dropout,
                       target_modules=m.lora_target_modules, task_type="CAUSAL_LM")
-    return get_peft_model(model, lora)
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as error:  # peft: "Target modules {...} not found in the base model"
+        raise ConfigError(f"lora_target_modules {m.lora_target_modules!r}: {error}") from None
 
 
 def build_reference_source(trainer, ref_model=None):
@@ -206,7 +210,7 @@ def _card_settings(trainer) -> dict:
     c = trainer.config
     settings = {"method": trainer.method.describe(), "learning_rate": c.training.learning_rate,
                 "steps": trainer.step, "global batch (pairs)": trainer.plan.global_batch,
-                "max_length": c.data.max_length, "max_prompt_length": c.data.max_prompt_length,
+                "max_length": c.data.max_length, "max_prompt_length": c.data.prompt_limit,
                 "dataset": c.data.dataset_name, "seed": c.training.seed}
     for forced in trainer.resumes_forced:
         settings[f"resumed at step {forced['step']} with changes"] = "; ".join(

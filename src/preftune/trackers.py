@@ -59,6 +59,9 @@ def flat_config(config: Config) -> dict[str, Any]:
     only numbers, strings and booleans, so anything else is written as text."""
     flat = {}
     for section, values in config.to_dict().items():
+        # The objective's hyperparameters as keys of their own (method/beta), as given.
+        given = values.pop("hyperparameters", {})
+        values = {**values, **given}
         for key, value in values.items():
             keep = isinstance(value, (bool, int, float, str))
             flat[f"{section}/{key}"] = value if keep else str(value)

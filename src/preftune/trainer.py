@@ -32,7 +32,7 @@ from preftune.config import Config
 from preftune.errors import ConfigError, TrainingStopped
 from preftune.fast import build_forward
 from preftune.fast.grouping import LengthGroupedPlan
-from preftune.method import ResolvedMethod, resolve_method
+from preftune.method import ResolvedMethod
 from preftune.metrics import JsonlLog, MetricWindow, json_safe, total_loss
 from preftune.objectives import compute_objective, example_metrics, step_loss
 from preftune.optim import build_optimizer
@@ -40,6 +40,7 @@ from preftune.pauses import EVAL_DELAY_ENV, pause
 from preftune.saving import SaveClock, SavePolicy
 from preftune.signals import StopRequest
 from preftune.types import TokenizedPair
+from preftune.validation import validate
 
 
 @dataclass
@@ -73,12 +74,9 @@ class Trainer:
 
         self.config = config
         t = config.training
-        if str(config.model.torch_dtype).lower() in ("float16", "fp16", "half") \
-                and not config.model.use_peft and model is None:
-            from preftune.optim import FLOAT16_WEIGHTS
-
-            raise ConfigError(FLOAT16_WEIGHTS)  # before anything loads
-        self.method: ResolvedMethod = resolve_method(config.method)
+        # Before anything loads; settings for parts handed in are not used, so not checked.
+        self.method: ResolvedMethod = validate(config, loads_data=train_pairs is None,
+                                               loads_model=model is None)
         self.accelerator = accelerator or Accelerator(mixed_precision=self._mixed_precision(),
                                                       **trackers.accelerator_options(t))
         self.log = log or self.accelerator.print
@@ -88,30 +86,11 @@ class Trainer:
         self._on_main(self._claim_output_dir)  # before anything loads
         if config.ignored:
             self.log(f"ignored keys (no effect in preftune): {', '.join(config.ignored)}")
+        if self.method.note:
+            self.log(f"method: {self.method.note}")
 
-
-        self.tokenizer = tokenizer or setup.build_tokenizer(config)
-        from preftune.preflight import check_run
-
-        # Before reading or tokenizing the rows and before loading the model.
-        check_run(config, self.tokenizer, model=model, pairs=train_pairs, log=self.log)
-        if train_pairs is None:
-            train_pairs, eval_pairs = setup.build_pairs(config, self.tokenizer, self.method,
-                                                        log=self.log)
-        self.train_pairs, self.eval_pairs = train_pairs, eval_pairs or []
-        self.model = model if model is not None else setup.build_model(config, self.accelerator)
-        if config.model.use_peft and not setup.is_peft_model(self.model):
-            self.model = setup.wrap_lora(self.model, config.model)
-        self.forward = forward or build_forward(config, self.tokenizer, log=self.log)
-
-        world = self.accelerator.num_processes
-        plan_args = (len(self.train_pairs), t.per_device_train_batch_size,
-                     t.gradient_accumulation_steps, world, t.seed)
-        self.plan = (LengthGroupedPlan(*plan_args, lengths=tuple(
-            p.num_tokens for p in self.train_pairs)) if t.group_by_length else BatchPlan(*plan_args))
-        if self.plan.steps_per_epoch == 0:
-            raise ValueError(f"{len(self.train_pairs)} training pairs cannot fill one step of "
-                             f"{self.plan.global_batch} pairs")
+        self._load_parts(model, tokenizer, train_pairs, eval_pairs, forward)
+        self.plan = self._batch_plan()
         self.total_steps = (t.max_steps if t.max_steps > 0
                             else math.ceil(t.num_train_epochs * self.plan.steps_per_epoch))
         self.optimizer, updates = build_optimizer(self.model, t, distributed.engine(self.accelerator))
@@ -127,12 +106,6 @@ class Trainer:
         self.reference = (setup.build_reference_source(self, ref_model)
                           if self.method.needs_reference else None)
         self.step = 0
-        if t.max_consecutive_nonfinite < 1:
-            raise ConfigError("max_consecutive_nonfinite must be >= 1, got "
-                              f"{t.max_consecutive_nonfinite}")
-        if not 0 <= t.max_nonfinite_fraction <= 1:
-            raise ConfigError("max_nonfinite_fraction must be within [0, 1], got "
-                              f"{t.max_nonfinite_fraction}")
         self.skips = guard.SkipLog(t.max_consecutive_nonfinite, guard.allowed_skips(
             t.max_nonfinite_fraction, self.total_steps))
         # Steps whose update broke the weights and was rolled back: skipped when reached.
@@ -141,6 +114,36 @@ class Trainer:
         self.resumes_forced: list[dict] = []
         self.saves = SavePolicy.from_config(t, self.plan.steps_per_epoch)
         self.metrics_log = None  # the JSONL log (and trackers) on the main process
+
+    def _load_parts(self, model, tokenizer, train_pairs, eval_pairs, forward) -> None:
+        """Tokenizer, pairs, model (with LoRA adapters if asked) and forward station, each
+        built from the config unless handed in, after the pre-flight checks."""
+        config = self.config
+        self.tokenizer = tokenizer or setup.build_tokenizer(config)
+        from preftune.preflight import check_run
+
+        # Before reading or tokenizing the rows and before loading the model.
+        check_run(config, self.tokenizer, model=model, pairs=train_pairs, log=self.log)
+        if train_pairs is None:
+            train_pairs, eval_pairs = setup.build_pairs(config, self.tokenizer, self.method,
+                                                        log=self.log)
+        self.train_pairs, self.eval_pairs = train_pairs, eval_pairs or []
+        self.model = model if model is not None else setup.build_model(config, self.accelerator)
+        if config.model.use_peft and not setup.is_peft_model(self.model):
+            self.model = setup.wrap_lora(self.model, config.model)
+        self.forward = forward or build_forward(config, self.tokenizer, log=self.log)
+
+    def _batch_plan(self):
+        """Which pairs each micro-batch of each step holds, on each process."""
+        t = self.config.training
+        plan_args = (len(self.train_pairs), t.per_device_train_batch_size,
+                     t.gradient_accumulation_steps, self.accelerator.num_processes, t.seed)
+        plan = (LengthGroupedPlan(*plan_args, lengths=tuple(
+            p.num_tokens for p in self.train_pairs)) if t.group_by_length else BatchPlan(*plan_args))
+        if plan.steps_per_epoch == 0:
+            raise ValueError(f"{len(self.train_pairs)} training pairs cannot fill one step of "
+                             f"{plan.global_batch} pairs")
+        return plan
 
     # -- the output folder ------------------------------------------------------------
     def _on_main(self, action: Callable[[], None]) -> None:
@@ -438,7 +441,7 @@ class Trainer:
                                  enabled=t.progress_bar and self.accelerator.is_local_main_process)
         window, last_train, last_eval = MetricWindow(), {}, {}
         window_start, window_first_step = time.perf_counter(), self.step
-        eval_every = t.eval_steps if t.do_eval and t.eval_strategy != "no" else None
+        eval_every = self._eval_every()
         clock = SaveClock(self.saves)
         run_info_written = False
         while self.step < self.total_steps:
@@ -449,7 +452,9 @@ class Trainer:
             if not kept and self.skips.must_stop():
                 bar.close()
                 self._stop_nonfinite()
-            if kept and (self.step % t.logging_steps == 0 or self.step == self.total_steps):
+            first = t.logging_first_step and self.step == 1
+            if kept and (self.step % t.logging_steps == 0 or self.step == self.total_steps
+                         or first):
                 last_train = self._log_window(window, self.step - window_first_step,
                                               time.perf_counter() - window_start, log, bar)
                 window.reset()
@@ -474,6 +479,14 @@ class Trainer:
         if self.skips.total:
             self.log(f"skipped {self.skips.total} non-finite steps (see metrics.jsonl)")
         return last_train, last_eval
+
+    def _eval_every(self) -> Optional[int]:
+        """Steps between evaluations during training: ``eval_steps``, an epoch's steps
+        (``eval_strategy: epoch``), or None (the final evaluation only, or none)."""
+        t = self.config.training
+        if not t.do_eval or t.eval_strategy == "no":
+            return None
+        return self.plan.steps_per_epoch if t.eval_strategy == "epoch" else t.eval_steps
 
     def _agree(self, flag: bool) -> bool:
         """True on every rank when it is on any (clocks differ between processes)."""

@@ -26,7 +26,8 @@ def naive_logps(model, prompt, completion):
 def test_simpo_metrics_match_naive(forward):
     model, pairs = tiny_llama(vocab_size=1000).double(), random_pairs(7, vocab=1000, seed=3)
     beta, gamma = 2.0, 0.5
-    method = resolve_method(MethodConfig(method="simpo", beta=beta, gamma=gamma))
+    method = resolve_method(MethodConfig(method="simpo",
+                                         hyperparameters={"beta": beta, "gamma": gamma}))
     station = PaddedForward(0) if forward == "padded" else build_forward(load_config(), log=lambda *_: None)
     got = preference_metrics(model, pairs, method, station, batch_size=3)
     chosen = [naive_logps(model, p.prompt_ids, p.chosen_ids) for p in pairs]
@@ -45,7 +46,7 @@ def test_dpo_metrics_use_the_reference():
     model = tiny_llama(vocab_size=1000, seed=0).double()
     ref = tiny_llama(vocab_size=1000, seed=1).double()
     pairs = random_pairs(5, vocab=1000, seed=4)
-    method = resolve_method(MethodConfig(method="dpo", beta=0.1))
+    method = resolve_method(MethodConfig(method="dpo", hyperparameters={"beta": 0.1}))
     forward = PaddedForward(0)
     with pytest.raises(ValueError, match="reference"):
         preference_metrics(model, pairs, method, forward)

@@ -74,7 +74,7 @@ def test_half_smoothing_makes_swapped_labels_equivalent(name):
     for logps in (swapped.policy, swapped.reference):
         logps.chosen, logps.rejected = logps.rejected, logps.chosen
     hparams = {"label_smoothing": 0.5}
-    if "gamma" in get_objective(name).hyperparameters:
+    if "gamma" in get_objective(name).defaults:
         hparams["gamma"] = 0.0
     torch.testing.assert_close(terms(name, hparams, batch).losses,
                                terms(name, hparams, swapped).losses)

@@ -81,7 +81,7 @@ def plain(batch, objective) -> PlainBatch:
 
 
 def full_hparams(objective, hparams):
-    return {**objective.hyperparameters, **hparams}
+    return {**objective.defaults, **hparams}
 
 
 @pytest.mark.parametrize("seed", [0, 1])

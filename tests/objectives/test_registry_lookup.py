@@ -44,7 +44,7 @@ def test_metadata(name):
     assert objective.paired is paired
     assert objective.reduction == reduction
     assert objective.nll_weight == nll_weight
-    assert dict(objective.hyperparameters) == hparams
+    assert objective.defaults == hparams
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

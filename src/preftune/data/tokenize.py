@@ -106,8 +106,25 @@ def tokenize_rows(rows: list[dict], tokenizer, *, max_length: int,
         examples = [(index, index, row) for index, row in normalized]
 
     specials = _Specials(tokenizer)
-    renderer = _Renderer(tokenizer, chat_template, specials.eos_text)
-    rendered = []  # (example_id, row index, prompt text, completion texts, label)
+    rendered = _render(examples, _Renderer(tokenizer, chat_template, specials.eos_text), errors)
+    _settle(errors, skip_bad_rows, report)
+    pairs, full_completions, budgets = _cut(rendered, tokenizer, specials, max_length,
+                                            max_prompt_length, report, errors)
+    _settle(errors, skip_bad_rows, report)
+
+    if unpaired:
+        # KTO's KL estimate scores a completion under a prompt it does not answer: take the
+        # next example's (wrapping around), cut to this prompt's budget.
+        for k, pair in enumerate(pairs):
+            pair.rejected_ids = full_completions[(k + 1) % len(pairs)][:budgets[k]]
+    report.pairs_out = len(pairs)
+    return pairs, report
+
+
+def _render(examples: list, renderer: "_Renderer", errors: list[DataError]) -> list[tuple]:
+    """(example_id, row index, prompt text, completion texts, label) per example that
+    renders; the others go to ``errors``."""
+    rendered = []
     for example_id, index, row in examples:
         try:
             prompt, completions = renderer.render(index, row)
@@ -115,8 +132,15 @@ def tokenize_rows(rows: list[dict], tokenizer, *, max_length: int,
             errors.append(error)
             continue
         rendered.append((example_id, index, prompt, completions, getattr(row, "label", None)))
-    _settle(errors, skip_bad_rows, report)
+    return rendered
 
+
+def _cut(rendered: list[tuple], tokenizer, specials: "_Specials", max_length: int,
+         max_prompt_length: int, report: DataReport, errors: list[DataError]
+         ) -> tuple[list[TokenizedPair], list[list[int]], list[int]]:
+    """Token ids cut to fit: the prompt from the left to ``max_prompt_length``, then the
+    completions from the right to what ``max_length`` leaves. Returns the pairs, and for
+    unpaired examples their uncut completions and completion budgets."""
     # One batched call per kind of text: fast tokenizers parallelise over the batch.
     prompt_ids = _encode(tokenizer, [r[2] for r in rendered])
     flat = _encode(tokenizer, [text for r in rendered for text in r[3]])
@@ -153,15 +177,7 @@ def tokenize_rows(rows: list[dict], tokenizer, *, max_length: int,
             pairs.append(TokenizedPair(example_id, prompt, cut[0], [], label=bool(label)))
             full_completions.append(completions[0])
             budgets.append(budget)
-    _settle(errors, skip_bad_rows, report)
-
-    if unpaired:
-        # KTO's KL estimate scores a completion under a prompt it does not answer: take the
-        # next example's (wrapping around), cut to this prompt's budget.
-        for k, pair in enumerate(pairs):
-            pair.rejected_ids = full_completions[(k + 1) % len(pairs)][:budgets[k]]
-    report.pairs_out = len(pairs)
-    return pairs, report
+    return pairs, full_completions, budgets
 
 
 def _settle(errors: list[DataError], skip_bad_rows: bool, report: DataReport) -> None:

@@ -67,6 +67,21 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+def report_markdown(result: dict, held_out: list[dict], replies: list[str]) -> str:
+    r = result
+    return (f"# On-policy SimPO on the demo task\n\n{r['method']}, {r['steps']} steps "
+            f"of {r['batch']} pairs, {r['minutes']:.1f} minutes in all.\n\n"
+            f"| held-out ({r['held_out_questions']} questions) | before | after |\n"
+            f"|---|---|---|\n"
+            f"| task accuracy | {r['accuracy_before']:.1%} | {r['accuracy_after']:.1%} |\n\n"
+            f"Pairs: {r['on_policy_pairs']} on-policy (correct vs wrong sample) and "
+            f"{r['reference_pairs']} reference answer vs wrong sample, from "
+            f"{r['train_questions']} training questions x {r['samples_per_question']} samples "
+            f"({r['sample_accuracy']:.1%} of samples correct).\n\nReplies after tuning:\n"
+            + "\n".join(f"- {row['question']} -> {reply.strip()[:80]!r}"
+                        for row, reply in list(zip(held_out, replies))[:5]) + "\n")
+
+
 def main(argv=None) -> int:
     from preftune.config import load_config
     from preftune.model_io import load_model, load_tokenizer
@@ -117,16 +132,7 @@ def main(argv=None) -> int:
               "method": trainer.method.describe(), "steps": trainer.step,
               "batch": trainer.plan.global_batch, "minutes": minutes}
     (out / "onpolicy.json").write_text(json.dumps(result, indent=2))
-    report = (f"# On-policy SimPO on the demo task\n\n{result['method']}, {trainer.step} steps "
-              f"of {trainer.plan.global_batch} pairs, {minutes:.1f} minutes in all.\n\n"
-              f"| held-out ({len(held_out)} questions) | before | after |\n|---|---|---|\n"
-              f"| task accuracy | {before:.1%} | {after:.1%} |\n\n"
-              f"Pairs: {stats.pairs} on-policy (correct vs wrong sample) and "
-              f"{result['reference_pairs']} reference answer vs wrong sample, from "
-              f"{len(records)} training questions x {args.num_samples} samples "
-              f"({sample_accuracy:.1%} of samples correct).\n\nReplies after tuning:\n"
-              + "\n".join(f"- {r['question']} -> {reply.strip()[:80]!r}"
-                          for r, reply in list(zip(held_out, replies))[:5]) + "\n")
+    report = report_markdown(result, held_out, replies)
     (out / "onpolicy.md").write_text(report)
     print("\n" + report)
     return 0

@@ -56,7 +56,7 @@ def main(argv: list[str]) -> int:
     trainer = Trainer(config, train_pairs=None, log=lambda m: (print(m), trainer_log.append(m)))
     d = config.data
     eval_pairs, _ = tokenize_rows(held_out_pairs(), trainer.tokenizer, max_length=d.max_length,
-                                  max_prompt_length=d.max_prompt_length)
+                                  max_prompt_length=d.prompt_limit)
     trainer.eval_pairs = eval_pairs
     model, tokenizer = trainer.accelerator.unwrap_model(trainer.model), trainer.tokenizer
 

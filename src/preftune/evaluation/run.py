@@ -68,15 +68,15 @@ def evaluate_preferences(config: Config, model, tokenizer, rows: list[dict],
     from preftune.data import tokenize_rows
     from preftune.evaluation.metrics import preference_metrics
     from preftune.fast import build_forward
-    from preftune.method import resolve_method
+    from preftune.method import chooses_objective, resolve_method
     from preftune.model_io import load_model, parse_dtype
     from preftune.reference import ModelReference
 
     c = config
-    if not (c.method.method or c.method.loss_type or c.method.gamma_beta_ratio):
+    if not chooses_objective(c.method):
         c.method.method = DEFAULT_METHOD
         log(f"no --method given: scoring with {DEFAULT_METHOD}'s implicit reward")
-    method = resolve_method(c.method)
+    method = resolve_method(c.method, c.model.ref_model)
     reference = None
     forward = build_forward(c, tokenizer, log=log)
     if method.needs_reference:
@@ -90,7 +90,7 @@ def evaluate_preferences(config: Config, model, tokenizer, rows: list[dict],
         reference = ModelReference(ref, forward)
     d = c.data
     pairs, report = tokenize_rows(rows, tokenizer, max_length=d.max_length,
-                                  max_prompt_length=d.max_prompt_length,
+                                  max_prompt_length=d.prompt_limit,
                                   data_format=d.data_format, column_mapping=d.column_mapping,
                                   skip_bad_rows=d.skip_bad_rows)
     log("eval data: " + report.summary())

@@ -3,15 +3,18 @@
 The trainer never branches on an objective's name. It reads ``needs_reference`` to decide
 whether to build (or load cached) reference log-probs, ``reduction`` to turn per-token
 log-probs into per-sequence numbers, ``paired`` to pick the data layout, and
-``nll_weight`` for the default weight of the chosen-completion NLL term.
+``nll_weight`` for the default weight of the chosen-completion NLL term. The config and the
+command line read ``hyperparameters`` (objectives/hyperparameters.py) for the keys they
+accept.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from dataclasses import dataclass
+from typing import Callable, Mapping, Optional
 
 from preftune.errors import ConfigError
+from preftune.objectives.hyperparameters import HyperParameter
 from preftune.types import ObjectiveTerms, ReducedLogps
 
 LossFn = Callable[[ReducedLogps, Mapping[str, float]], ObjectiveTerms]
@@ -31,7 +34,8 @@ class Objective:
         paired: True for (prompt, chosen, rejected) data, False for unpaired
             (prompt, completion, label) data.
         reduction: how per-token log-probs become one number per sequence.
-        hyperparameters: names and defaults of the formula's hyperparameters.
+        hyperparameters: the formula's hyperparameters, declared with their defaults,
+            bounds and other spellings.
         nll_weight: default weight of the chosen-completion NLL term (``cpo_alpha``).
         loss_fn: the pure formula, ``(ReducedLogps, hyperparameters) -> ObjectiveTerms``.
     """
@@ -43,25 +47,65 @@ class Objective:
     paired: bool
     reduction: str
     loss_fn: LossFn
-    hyperparameters: Mapping[str, float] = field(default_factory=dict)
+    hyperparameters: tuple[HyperParameter, ...] = ()
     nll_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.reduction not in REDUCTIONS:
             raise ValueError(f"{self.name}: unknown reduction {self.reduction!r}")
+        spellings = [s for h in self.hyperparameters for s in h.spellings]
+        if len(spellings) != len(set(spellings)):
+            raise ValueError(f"{self.name}: a hyperparameter spelling is declared twice")
+        for k, declared in enumerate(self.hyperparameters):
+            earlier = {h.name for h in self.hyperparameters[:k]}
+            # A scaled spelling is resolved from its base's value: the base comes first.
+            if any(base not in earlier for _, base in declared.scaled_aliases):
+                raise ValueError(f"{self.name}: {declared.name}'s scaled spellings need their "
+                                 "base hyperparameter declared before it")
+
+    @property
+    def defaults(self) -> dict[str, float]:
+        return {h.name: h.default for h in self.hyperparameters}
+
+    def declaration(self, spelling: str) -> Optional[HyperParameter]:
+        """The hyperparameter ``spelling`` names here (its name or another tool's), if any."""
+        return next((h for h in self.hyperparameters if spelling in h.spellings), None)
 
     def __call__(self, reduced: ReducedLogps, hparams: Mapping[str, float]) -> ObjectiveTerms:
-        return self.loss_fn(reduced, {**self.hyperparameters, **hparams})
+        return self.loss_fn(reduced, {**self.defaults, **hparams})
 
 
 REGISTRY: dict[str, Objective] = {}
 
 
 def register(objective: Objective) -> Objective:
+    from preftune.config import ALIASES, FIELDS, IGNORED_KEYS
+
     if objective.name in REGISTRY:
         raise ValueError(f"objective {objective.name!r} registered twice")
+    # Each spelling becomes a config key: it must not already be one.
+    taken = [s for h in objective.hyperparameters for s in h.spellings
+             if s in FIELDS or s in ALIASES or s in IGNORED_KEYS or s == "hyperparameters"]
+    if taken:
+        raise ValueError(f"{objective.name}: hyperparameter spellings {taken} are config keys")
     REGISTRY[objective.name] = objective
     return objective
+
+
+def objectives_taking(spelling: str) -> list[str]:
+    """Names of the registered objectives that declare ``spelling``."""
+    return sorted(o.name for o in REGISTRY.values() if o.declaration(spelling))
+
+
+def hyperparameter_spellings() -> dict[str, HyperParameter]:
+    """Every spelling some registered objective declares -> its first declaration (for the
+    value's type; the bounds checked are those of the objective that runs)."""
+    found: dict[str, HyperParameter] = {}
+    for objective in REGISTRY.values():
+        for declared in objective.hyperparameters:
+            for spelling in declared.spellings:
+                found.setdefault(spelling, declared)
+    return found
 
 
 def get_objective(name: str) -> Objective:

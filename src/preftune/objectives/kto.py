@@ -17,6 +17,8 @@ import torch
 
 from preftune.objectives.base import Objective, register
 from preftune.objectives.common import log_ratios
+from preftune.objectives.hyperparameters import HyperParameter, beta
+from preftune.interval import NON_NEGATIVE
 from preftune.types import ObjectiveTerms, ReducedLogps
 
 
@@ -82,7 +84,7 @@ KTO_PAIR = register(Objective(
     equation="0.5 [(1 - sigma(beta (r_w - z_l))) + (1 - sigma(beta (z_w - r_l)))], r = lp - ref, "
              "z = max(0, batch mean of r), detached",
     needs_reference=True, paired=True, reduction="sum", loss_fn=kto_pair_loss,
-    hyperparameters={"beta": 0.1},
+    hyperparameters=(beta(0.1),),
 ))
 
 KTO = register(Objective(
@@ -93,5 +95,10 @@ KTO = register(Objective(
              "lambda_U (1 - sigma(beta (z0 - r))), r = lp - ref, "
              "z0 = max(0, batch mean of lp - ref over mismatched completions), detached",
     needs_reference=True, paired=False, reduction="sum", loss_fn=kto_loss,
-    hyperparameters={"beta": 0.1, "desirable_weight": 1.0, "undesirable_weight": 1.0},
+    hyperparameters=(
+        beta(0.1),
+        HyperParameter("desirable_weight", 1.0, "weight lambda_D of the desirable "
+                       "examples' losses (TRL's desirable_weight)", NON_NEGATIVE),
+        HyperParameter("undesirable_weight", 1.0, "weight lambda_U of the undesirable "
+                       "examples' losses (TRL's undesirable_weight)", NON_NEGATIVE)),
 ))

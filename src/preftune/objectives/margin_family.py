@@ -12,6 +12,7 @@ import torch
 
 from preftune.objectives.base import Objective, register
 from preftune.objectives.common import log_ratios, positive
+from preftune.objectives.hyperparameters import beta
 from preftune.types import ObjectiveTerms, ReducedLogps
 
 
@@ -54,7 +55,7 @@ IPO = register(Objective(
     equation="(h - 1/(2 beta))^2, h on mean log-probs: [avg(y_w) - ref_avg(y_w)] - "
              "[avg(y_l) - ref_avg(y_l)]",
     needs_reference=True, paired=True, reduction="mean", loss_fn=ipo_loss,
-    hyperparameters={"beta": 0.1},
+    hyperparameters=(beta(0.1, "tau (beta): the margin h is pulled towards 1/(2 beta)"),),
 ))
 
 HINGE = register(Objective(
@@ -63,5 +64,5 @@ HINGE = register(Objective(
           "Joshi, Khalman, Saleh, Liu & Liu 2023, RSO, arXiv:2309.06657",
     equation="max(0, 1 - beta h), h = [lp(y_w) - ref(y_w)] - [lp(y_l) - ref(y_l)]",
     needs_reference=True, paired=True, reduction="sum", loss_fn=hinge_loss,
-    hyperparameters={"beta": 0.1},
+    hyperparameters=(beta(0.1, "inverse margin beta: pairs with beta h >= 1 add no loss"),),
 ))

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from preftune.objectives.base import Objective, register
+from preftune.objectives.hyperparameters import beta
 from preftune.types import ObjectiveTerms, ReducedLogps
 
 LOG_HALF = -math.log(2.0)
@@ -73,5 +74,6 @@ ORPO = register(Objective(
     equation="NLL(y_w) - lambda log sigma(log odds(y_w) - log odds(y_l)), "
              "odds(y) = p / (1 - p), p = exp(avg(y))",
     needs_reference=False, paired=True, reduction="mean", loss_fn=orpo_loss,
-    hyperparameters={"beta": 0.1}, nll_weight=1.0,
+    hyperparameters=(beta(0.1, "lambda (TRL's beta): the weight of the odds-ratio term"),),
+    nll_weight=1.0,
 ))

@@ -33,5 +33,5 @@ SFT = register(Objective(
     paper="Supervised fine-tuning (maximum likelihood on the chosen completions); no paper",
     equation="NLL(y_w): token mean over all chosen completion tokens of the optimizer step",
     needs_reference=False, paired=True, reduction="mean", loss_fn=sft_loss,
-    hyperparameters={}, nll_weight=1.0,
+    nll_weight=1.0,
 ))

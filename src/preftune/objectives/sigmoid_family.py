@@ -16,6 +16,8 @@ from typing import Mapping
 
 from preftune.objectives.base import Objective, register
 from preftune.objectives.common import log_ratios, positive, smoothed_sigmoid_loss
+from preftune.objectives.hyperparameters import LABEL_SMOOTHING, HyperParameter, beta
+from preftune.interval import NON_NEGATIVE
 from preftune.types import ObjectiveTerms, ReducedLogps
 
 
@@ -87,6 +89,18 @@ def simpo_loss(reduced: ReducedLogps, hparams: Mapping[str, float]) -> Objective
     )
 
 
+def margin(default: float) -> HyperParameter:
+    """SimPO's target reward margin, in its three spellings (REFERENCE.md)."""
+    return HyperParameter(
+        "gamma", default, "margin gamma between the chosen and rejected rewards (TRL's "
+        "simpo_gamma; gamma_beta_ratio x beta in the SimPO repository)", NON_NEGATIVE,
+        aliases=("simpo_gamma",), scaled_aliases=(("gamma_beta_ratio", "beta"),))
+
+
+# The SamPO repository's lenN script uses 0.01; either sign is a valid weight.
+RDPO_ALPHA = HyperParameter("alpha", 0.01, "length weight alpha: alpha (n(y_w) - n(y_l)) is "
+                            "added to the margin", aliases=("rdpo_alpha",))
+
 DPO = register(Objective(
     name="dpo",
     paper="Rafailov, Sharma, Mitchell, Ermon, Manning & Finn 2023, Direct Preference "
@@ -94,7 +108,7 @@ DPO = register(Objective(
     equation="-(1-eps) log sigma(beta h) - eps log sigma(-beta h), "
              "h = [lp(y_w) - ref(y_w)] - [lp(y_l) - ref(y_l)]",
     needs_reference=True, paired=True, reduction="sum", loss_fn=dpo_loss,
-    hyperparameters={"beta": 0.1, "label_smoothing": 0.0},
+    hyperparameters=(beta(0.1), LABEL_SMOOTHING),
 ))
 
 RDPO = register(Objective(
@@ -103,7 +117,7 @@ RDPO = register(Objective(
           "Preference Optimization, arXiv:2403.19159",
     equation="-log sigma(beta h + alpha (n(y_w) - n(y_l))), n = completion tokens",
     needs_reference=True, paired=True, reduction="sum", loss_fn=rdpo_loss,
-    hyperparameters={"beta": 0.1, "alpha": 0.01, "label_smoothing": 0.0},
+    hyperparameters=(beta(0.1), RDPO_ALPHA, LABEL_SMOOTHING),
 ))
 
 SAMPO = register(Objective(
@@ -113,7 +127,7 @@ SAMPO = register(Objective(
     equation="-log sigma(beta h_s), h_s: log-ratios summed over min(n(y_w), n(y_l)) "
              "positions drawn per pair (Eq. 8)",
     needs_reference=True, paired=True, reduction="sampo", loss_fn=dpo_loss,
-    hyperparameters={"beta": 0.1, "label_smoothing": 0.0},
+    hyperparameters=(beta(0.1), LABEL_SMOOTHING),
 ))
 
 CPO = register(Objective(
@@ -122,7 +136,7 @@ CPO = register(Objective(
           "Optimization, arXiv:2401.08417",
     equation="-log sigma(beta [lp(y_w) - lp(y_l)]) + alpha NLL(y_w)",
     needs_reference=False, paired=True, reduction="sum", loss_fn=cpo_loss,
-    hyperparameters={"beta": 0.1, "label_smoothing": 0.0}, nll_weight=1.0,
+    hyperparameters=(beta(0.1), LABEL_SMOOTHING), nll_weight=1.0,
 ))
 
 SIMPO = register(Objective(
@@ -131,7 +145,7 @@ SIMPO = register(Objective(
           "Reference-Free Reward, arXiv:2405.14734",
     equation="-log sigma(beta [avg(y_w) - avg(y_l)] - gamma), avg = lp / n",
     needs_reference=False, paired=True, reduction="mean", loss_fn=simpo_loss,
-    hyperparameters={"beta": 2.0, "gamma": 1.0, "label_smoothing": 0.0},
+    hyperparameters=(beta(2.0), margin(1.0), LABEL_SMOOTHING),
 ))
 
 CPO_SIMPO = register(Objective(
@@ -140,5 +154,5 @@ CPO_SIMPO = register(Objective(
           "arXiv:2405.14734) plus CPO's NLL term (Xu et al. 2024, arXiv:2401.08417)",
     equation="-log sigma(beta [avg(y_w) - avg(y_l)] - gamma) + alpha NLL(y_w)",
     needs_reference=False, paired=True, reduction="mean", loss_fn=simpo_loss,
-    hyperparameters={"beta": 10.0, "gamma": 5.4, "label_smoothing": 0.0}, nll_weight=0.05,
+    hyperparameters=(beta(10.0), margin(5.4), LABEL_SMOOTHING), nll_weight=0.05,
 ))

@@ -56,13 +56,20 @@ def number(value: Optional[float]) -> str:
     return f"{value:.4g}"
 
 
+def saved_setting(config: dict, section: str, key: str):
+    """A saved config's value. The objective's hyperparameters sit under
+    ``method.hyperparameters``, by the spelling given (flat in older runs' configs)."""
+    values = config.get(section) or {}
+    return values[key] if key in values else (values.get("hyperparameters") or {}).get(key)
+
+
 def config_table(runs: list[Run]) -> str:
     rows = []
     described = [run.settings.get("method") for run in runs]
     if any(described):
         rows.append(("objective", [d or "-" for d in described]))
     for section, key in HEADLINE_KEYS:
-        values = [run.config.get(section, {}).get(key) for run in runs]
+        values = [saved_setting(run.config, section, key) for run in runs]
         if any(v is not None for v in values):
             rows.append((key, ["-" if v is None else v for v in values]))
     steps = [run.settings.get("steps") or run.last_step for run in runs]
