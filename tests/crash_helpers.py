@@ -45,22 +45,40 @@ def tiny_run_files(folder: Path, rows: int = 24) -> tuple[Path, Path]:
     return model_dir, data
 
 
-def train_args(model_dir: Path, data: Path, output_dir: Path, steps: int) -> list[str]:
+def plain_args(model_dir: Path, data: Path, output_dir: Path, steps: int) -> list[str]:
+    """A run with the default checkpoint settings (by time and at the last step)."""
     return ["--model_name_or_path", str(model_dir), "--dataset_name", str(data),
             "--method", "simpo", "--max_steps", str(steps), "--per_device_train_batch_size",
-            "2", "--learning_rate", "1e-2", "--warmup_ratio", "0.2", "--save_steps", "1",
-            "--save_total_limit", "2", "--logging_steps", "1", "--max_length", "32",
-            "--max_prompt_length", "16", "--progress_bar", "false", "--seed", "3",
-            "--output_dir", str(output_dir)]
+            "2", "--learning_rate", "1e-2", "--warmup_ratio", "0.2", "--logging_steps", "1",
+            "--max_length", "32", "--max_prompt_length", "16", "--progress_bar", "false",
+            "--seed", "3", "--output_dir", str(output_dir)]
 
 
-def launch(args: list[str], env: dict | None = None) -> subprocess.Popen:
+def train_args(model_dir: Path, data: Path, output_dir: Path, steps: int) -> list[str]:
+    """A checkpoint after every step, the newest two kept."""
+    return plain_args(model_dir, data, output_dir, steps) + ["--save_steps", "1",
+                                                              "--save_total_limit", "2"]
+
+
+def launch(args: list[str], env: dict | None = None, preexec_fn=None) -> subprocess.Popen:
     path = os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])
     environment = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1",
                    "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "preftune.cli", "train", *args],
                             cwd=ROOT, env=environment, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, preexec_fn=preexec_fn)
+
+
+def run(args: list[str], env: dict | None = None, timeout: float = 300.0,
+        preexec_fn=None) -> tuple[int, str]:
+    """(exit code, stdout and stderr) of a whole run; killed past ``timeout``."""
+    process = launch(args, env, preexec_fn)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise TimeoutError(f"still running after {timeout:.0f} s:\n{process.communicate()[0]}")
+    return process.returncode, output
 
 
 def wait_until(predicate, process: subprocess.Popen, timeout: float = 180.0) -> bool:
@@ -97,3 +115,31 @@ def losses(output_dir: Path) -> list[tuple[int, float]]:
 
     return [(r["step"], r["loss"]) for r in read_jsonl(output_dir / "metrics.jsonl")
             if "loss" in r]
+
+
+def assert_same_run(output_dir: Path, reference: Path) -> None:
+    """The final weights bit for bit, and the logged losses of every step, as the
+    reference run's."""
+    import torch
+
+    expected, got = final_weights(reference), final_weights(output_dir)
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+    assert losses(output_dir) == losses(reference)
+
+
+def tree(folder: Path) -> dict[str, bytes | None]:
+    """Relative path -> bytes of every file, None for every folder, under ``folder``: two
+    snapshots are equal when nothing was written, removed or made there."""
+    return {path.relative_to(folder).as_posix(): None if path.is_dir() else path.read_bytes()
+            for path in sorted(folder.rglob("*"))}
+
+
+def strict_json(text: str):
+    """``json.loads`` that refuses ``NaN`` and ``Infinity``, as JSON parsers other than
+    Python's do."""
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)

@@ -4,6 +4,7 @@
 
 from trainer_helpers import make_trainer
 from preftune.checkpoint import STATE_FILE, latest_checkpoint, remove_partial
+from preftune.runfolder import LOCK_FILE
 
 
 def test_partial_writes_are_ignored_then_removed(tmp_path):
@@ -25,4 +26,5 @@ def test_saving_a_step_again_replaces_it_whole(tmp_path, tokenizer):
     assert not (first / "stale-file").exists()
     trainer.step = 1
     trainer.save_checkpoint()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1"]
+    # Beside the lock the trainer holds on its folder until it has trained.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_FILE, "checkpoint-1"]

@@ -25,6 +25,7 @@ import torch
 from preftune.checkpoint import (MANIFEST_FILE, VERIFY_DELAY_ENV, WRITE_FAILED_EXIT_CODE,
                                  find_resumable, load_checkpoint, save_checkpoint,
                                  verify_checkpoint, write_manifest)
+from preftune.runfolder import LOCK_FILE
 from preftune.errors import CheckpointWriteFailed, ConfigError
 
 # sha256 of b"abc" (FIPS 180-2, appendix B.1) and of no bytes at all.
@@ -209,7 +210,8 @@ def test_a_failed_write_stops_and_keeps_the_earlier_checkpoint(tmp_path, tokeniz
     assert message.startswith(f"could not write {tmp_path / 'checkpoint-4'}: {error}")
     assert re.search(r"; \d+\.\d\d GiB free on its filesystem; checkpoint-2 is intact; free "
                      r"space and run again with --resume$", message), message
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2"]
+    # Nothing beside it but the lock the trainer holds on its folder.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_FILE, "checkpoint-2"]
     assert verify_checkpoint(first) is None
     # Space freed, the next write goes through.
     assert verify_checkpoint(trainer.save_checkpoint()) is None
@@ -224,7 +226,7 @@ def test_a_failed_first_write_says_there_is_nothing_to_resume(tmp_path, tokenize
     assert stopped.value.checkpoint is None
     assert str(stopped.value).endswith("; no earlier checkpoint is intact; free space and "
                                        "run again")
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == [LOCK_FILE]
 
 
 def free_port() -> int:

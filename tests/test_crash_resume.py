@@ -5,11 +5,17 @@ uninterrupted run.
 - SIGKILL at moments drawn from a seeded RNG during training, and once for certain inside a
   checkpoint write (``PREFTUNE_CHECKPOINT_WRITE_DELAY`` holds the write open); the
   half-written checkpoint is never resumed from.
+- SIGKILL after the last step, held for certain inside each moment that follows it: the
+  final evaluation (``PREFTUNE_EVAL_DELAY``), the final save (``PREFTUNE_FINAL_SAVE_DELAY``)
+  and, in the resume after that, the verification of the checkpoint
+  (``PREFTUNE_VERIFY_DELAY``).
 - SIGINT and SIGTERM: the run finishes its step, writes a checkpoint and exits with
   128 + the signal number.
 
 ``PREFTUNE_CRASH_KILLS`` (default 3) and ``PREFTUNE_CRASH_STEPS`` (default 24) make a
-longer campaign: ``PREFTUNE_CRASH_KILLS=40 PREFTUNE_CRASH_STEPS=400 pytest -s ...``.
+longer campaign: ``PREFTUNE_CRASH_KILLS=40 PREFTUNE_CRASH_STEPS=400 pytest -s ...``. With
+``-s`` the module ends with one line counting the kills sent and survived (each followed
+by resumes that end bitwise as the uninterrupted run) and the stop signals.
 """
 
 import os
@@ -19,14 +25,25 @@ import signal
 import time
 
 import pytest
-import torch
 
-from crash_helpers import (final_weights, launch, logged_steps, losses, tiny_run_files,
-                           train_args, wait_until)
-from preftune.checkpoint import WRITE_DELAY_ENV, latest_checkpoint
+from crash_helpers import (assert_same_run, launch, logged_steps, tiny_run_files, train_args,
+                           wait_until)
+from preftune.checkpoint import VERIFY_DELAY_ENV, WRITE_DELAY_ENV, latest_checkpoint
+from preftune.pauses import EVAL_DELAY_ENV, FINAL_SAVE_DELAY_ENV
 
 KILLS = int(os.environ.get("PREFTUNE_CRASH_KILLS", "3"))
 STEPS = int(os.environ.get("PREFTUNE_CRASH_STEPS", "24"))
+# SIGKILLs sent, SIGKILLs whose run was then resumed to the reference's end, stop signals
+# (SIGINT, SIGTERM) whose run was too.
+TALLY = {"killed": 0, "survived": 0, "stopped": 0}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tally():
+    yield
+    print(f"\nkill campaign: {TALLY['survived']} of {TALLY['killed']} SIGKILLs survived "
+          f"(resumed bitwise to the uninterrupted run's end); {TALLY['stopped']} SIGINT/"
+          "SIGTERM stops, likewise", flush=True)
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +68,7 @@ def finish_and_compare(args, output_dir, reference) -> str:
     process = launch(args + ["--resume"])
     output, _ = process.communicate(timeout=300)
     assert process.returncode == 0, output
-    expected, got = final_weights(reference), final_weights(output_dir)
-    assert expected.keys() == got.keys()
-    for key in expected:
-        assert torch.equal(expected[key], got[key]), key
-    assert losses(output_dir) == losses(reference)
+    assert_same_run(output_dir, reference)
     return output
 
 
@@ -82,6 +95,7 @@ def test_sigkill_anywhere_then_resume_is_bitwise_an_uninterrupted_run(tiny_run, 
         process.kill()
         output, _ = process.communicate()
         kills += 1
+        TALLY["killed"] += 1
         print(f"kill {kills}: after step {logged_steps(output_dir)}", flush=True)
         if inside_write:
             # The staging folder is complete but not renamed: it must not be resumed from.
@@ -96,6 +110,7 @@ def test_sigkill_anywhere_then_resume_is_bitwise_an_uninterrupted_run(tiny_run, 
             assert (f"checkpoint-{partial_step - 1} at step {partial_step - 1}" in output
                     if partial_step > 1 else "no checkpoint" in output), output
     finish_and_compare(args, output_dir, reference)
+    TALLY["survived"] += kills
     print(f"\nSIGKILLs survived: {kills}")
     assert kills == KILLS
 
@@ -119,3 +134,56 @@ def test_sigint_and_sigterm_stop_after_a_step_with_a_checkpoint(tiny_run, tmp_pa
         assert found.group(2) == str(output_dir / f"checkpoint-{step}")
         assert "Traceback" not in output
     finish_and_compare(args, output_dir, reference)
+    TALLY["stopped"] += 2
+
+
+def kill(process) -> str:
+    assert process.poll() is None, "the run ended before the kill"
+    process.kill()
+    TALLY["killed"] += 1
+    return process.communicate()[0]
+
+
+def test_sigkill_in_the_final_evaluation_the_final_save_and_a_resumes_verification(
+        tiny_run, tmp_path):
+    model_dir, data, reference = tiny_run
+    output_dir = tmp_path / "ending"
+    # Held-out pairs from a file of their own (the training rows again): the training
+    # pairs, and so the reference, stay as they were.
+    args = train_args(model_dir, data, output_dir, STEPS) + ["--eval_dataset", str(data)]
+    last = output_dir / f"checkpoint-{STEPS}"
+    staging = output_dir / ".final.tmp"
+
+    # The last step's checkpoint comes just before the final evaluation, which pauses
+    # 60 s after its first batch.
+    process = launch(args, {EVAL_DELAY_ENV: "60"})
+    assert wait_until(lambda: latest_checkpoint(output_dir) == last, process)
+    time.sleep(0.3)
+    kill(process)
+    assert not staging.exists() and not (output_dir / "final_metrics.json").exists()
+
+    # Resumed at the last step: nothing to train; killed inside the final save, once the
+    # weights and tokenizer are in its staging folder (60 s pause there).
+    process = launch(args + ["--resume"], {FINAL_SAVE_DELAY_ENV: "60"})
+    assert wait_until(lambda: (staging / "tokenizer_config.json").is_file(), process)
+    time.sleep(0.3)
+    output = kill(process)
+    assert f"resumed from {last} at step {STEPS}" in output
+    # The staging folder holds the model; output_dir has none yet, not half of one.
+    assert (staging / "model.safetensors").is_file()
+    assert not (output_dir / "model.safetensors").exists()
+
+    # The next resume removes the staging folder, then verifies checkpoint-STEPS, pausing
+    # 60 s after its first file; killed there, before it reports resuming.
+    process = launch(args + ["--resume"], {VERIFY_DELAY_ENV: "60"})
+    assert wait_until(lambda: not staging.exists(), process)
+    time.sleep(0.3)
+    output = kill(process)
+    assert "removed incomplete checkpoint writes: .final.tmp" in output
+    assert "resumed from" not in output
+
+    output = finish_and_compare(args, output_dir, reference)
+    assert f"resumed from {last} at step {STEPS}" in output
+    assert "skipping" not in output  # no checkpoint was damaged by the kills
+    assert (output_dir / "final_metrics.json").is_file()
+    TALLY["survived"] += 3

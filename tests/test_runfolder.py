@@ -38,13 +38,21 @@ def test_lock_records_its_owner_makes_the_folder_and_goes_on_release(tmp_path, m
         assert owner["pid"] == os.getpid() and owner["host"] == HOST
         assert owner["command"] == "preftune train --beta 0.1"
         assert datetime.fromisoformat(owner["started"]).tzinfo is not None
-        # flock belongs to an open file, not a process: a second lock in this process
-        # is refused like any other run's.
-        with pytest.raises(ConfigError, match=f"in use by another preftune run \\(pid "
-                                              f"{os.getpid()} on host {HOST}, started "):
-            RunLock(out).acquire()
     assert not (out / LOCK_FILE).exists()
     assert out.is_dir()
+
+
+def test_a_second_lock_in_the_same_process_takes_the_first_over(tmp_path):
+    """A notebook building a second Trainer on a folder: the same user, in turn."""
+    first = RunLock(tmp_path)
+    first.acquire()
+    second = RunLock(tmp_path)
+    assert second.acquire() is None
+    assert second.held and not first.held
+    first.release()  # no longer its lock: nothing happens
+    assert (tmp_path / LOCK_FILE).exists()
+    second.release()
+    assert not (tmp_path / LOCK_FILE).exists()
 
 
 def test_a_live_holder_is_named_and_a_killed_one_is_taken_over(tmp_path):

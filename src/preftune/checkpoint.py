@@ -428,11 +428,14 @@ tokenizer = AutoTokenizer.from_pretrained("{path}")
 
 
 def write_model_card(folder: Path, *, method, base_model: str, settings: dict,
-                     final_metrics: dict) -> None:
+                     final_metrics: dict, model_dir: Optional[Path] = None) -> None:
+    """``folder/README.md``, naming ``model_dir`` (default: ``folder``), the folder the
+    model ends up in when it is written elsewhere first."""
+    shown = model_dir or folder
     rows = [f"| {k} | {v} |" for k, v in settings.items() if v is not None]
     rows += [f"| final {k} | {v:.4g} |" for k, v in sorted(final_metrics.items())
              if isinstance(v, float)]
     (folder / "README.md").write_text(MODEL_CARD.format(
-        method=method.objective.name, base_model=base_model, name=folder.name,
+        method=method.objective.name, base_model=base_model, name=shown.name,
         rows="\n".join(rows), paper=method.objective.paper,
-        equation=method.objective.equation, path=str(folder)))
+        equation=method.objective.equation, path=str(shown)))

@@ -31,6 +31,8 @@ from typing import Callable, Mapping, Optional
 from preftune.errors import ConfigError
 
 LOCK_FILE = ".preftune.lock"
+# The lock this process holds on each folder (lock file's real path -> RunLock).
+_HELD: dict = {}
 
 # What a run leaves: checkpoints, rounds of iterative training, and files written when a
 # run starts (metrics.jsonl, run_info.json) or ends (the rest). trainer_state.json at the
@@ -74,15 +76,28 @@ class RunLock:
     def __exit__(self, *exc_info) -> None:
         self.release()
 
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
     def acquire(self) -> Optional[str]:
         """Take the lock (making ``output_dir`` if needed); returns ``stale``. Raises
-        :class:`ConfigError` naming the holder when another live run has it."""
+        :class:`ConfigError` naming the holder when another live run has it.
+
+        Within one process a newer lock on the folder takes the older one's over: a
+        notebook that builds a second Trainer on a folder, the first never trained or
+        dropped, is one user working in turn, not two runs."""
         if self._fd is not None:
             return self.stale
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = self._open_locked()
+        older = _HELD.get(self._key())
+        handed_over = older is not None and older.held
+        if handed_over:
+            fd, older._fd = older._fd, None
+        else:
+            fd = self._open_locked()
         try:
-            previous = _read_owner(fd)
+            previous = None if handed_over else _read_owner(fd)
             self.stale = _stale_note(previous) if previous is not None else None
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(_this_process()).encode(), 0)
@@ -91,7 +106,11 @@ class RunLock:
             os.close(fd)
             raise
         self._fd = fd
+        _HELD[self._key()] = self
         return self.stale
+
+    def _key(self) -> str:
+        return os.path.realpath(self.path)
 
     def _open_locked(self) -> int:
         """An fd on the lock file with its flock held. The holder before us unlinks the
@@ -116,6 +135,8 @@ class RunLock:
         """Remove the lock file, if it is still ours, then let go of the flock."""
         if self._fd is None:
             return
+        if _HELD.get(self._key()) is self:
+            del _HELD[self._key()]
         try:
             # Unlinked while the flock is held, so nobody can lock the file on its way out.
             if _same_file(self._fd, self.path):

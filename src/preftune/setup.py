@@ -184,9 +184,10 @@ def save_final(trainer, final_metrics: dict) -> Path:
         dump_config(trainer.config, staging / "preftune_config.yaml")
         (staging / "run_info.json").write_text(
             json.dumps(json_safe(trainer.run_info()), indent=2) + "\n")
-        write_model_card(staging, method=trainer.method, base_model=trainer.config.model.
-                         model_name_or_path, settings=_card_settings(trainer),
-                         final_metrics=final_metrics)
+        write_model_card(staging, method=trainer.method,
+                         base_model=trainer.config.model.model_name_or_path,
+                         settings=_card_settings(trainer), final_metrics=final_metrics,
+                         model_dir=out)
         (staging / "final_metrics.json").write_text(
             json.dumps(json_safe(final_metrics), indent=2, allow_nan=False))
         names = sorted(p.name for p in staging.iterdir())

@@ -83,12 +83,21 @@ class Trainer:
         set_seed(t.seed)
         distributed.configure(config, self.accelerator, self.log)
         self.output_dir = Path(t.output_dir)
-        self._on_main(self._claim_output_dir)  # before anything loads
+        # Locked from before anything loads until train() ends: a run starting on the
+        # folder meanwhile is refused, and cannot delete what this one resumes from.
+        self._on_main(self._claim_output_dir)
+        try:
+            self._build(model, tokenizer, ref_model, train_pairs, eval_pairs, forward)
+        except BaseException:
+            self._release_lock()
+            raise
+
+    def _build(self, model, tokenizer, ref_model, train_pairs, eval_pairs, forward) -> None:
+        config, t = self.config, self.config.training
         if config.ignored:
             self.log(f"ignored keys (no effect in preftune): {', '.join(config.ignored)}")
         if self.method.note:
             self.log(f"method: {self.method.note}")
-
         self._load_parts(model, tokenizer, train_pairs, eval_pairs, forward)
         self.plan = self._batch_plan()
         self.total_steps = (t.max_steps if t.max_steps > 0
@@ -114,6 +123,9 @@ class Trainer:
         self.resumes_forced: list[dict] = []
         self.saves = SavePolicy.from_config(t, self.plan.steps_per_epoch)
         self.metrics_log = None  # the JSONL log (and trackers) on the main process
+        # The last logged training metrics (kept in checkpoints: a run resumed at its last
+        # step reports the same final metrics as one never stopped).
+        self.last_train: dict = {}
 
     def _load_parts(self, model, tokenizer, train_pairs, eval_pairs, forward) -> None:
         """Tokenizer, pairs, model (with LoRA adapters if asked) and forward station, each
@@ -170,18 +182,26 @@ class Trainer:
                   "chat_template": m.chat_template, "dataset_name": d.dataset_name,
                   "eval_dataset": d.eval_dataset, "ref_cache_dir": m.ref_cache_dir,
                   **{f"dataset_mixer {name}": name for name in (d.dataset_mixer or {})}}
-        with RunLock(self.output_dir) as lock:
-            if lock.stale:
-                self.log(lock.stale)
+        made = [p for p in (self.output_dir, *self.output_dir.parents) if not p.exists()]
+        self._take_lock()
+        try:
             claim_output_dir(self.output_dir, resume=t.resume, overwrite=t.overwrite_output_dir,
                              inputs=inputs, log=self.log)
+        except ConfigError:
+            self._release_lock()
+            for folder in made:  # the lock made them: a refused path is left as it was
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            raise
 
     def _take_lock(self) -> None:
         from preftune.runfolder import RunLock
 
-        self._lock = RunLock(self.output_dir)
-        if self._lock.acquire():
-            self.log(self._lock.stale)
+        lock = getattr(self, "_lock", None)
+        if lock is None or not lock.held:
+            self._lock = RunLock(self.output_dir)
+            if self._lock.acquire():
+                self.log(self._lock.stale)
 
     def _release_lock(self) -> None:
         lock = getattr(self, "_lock", None)
@@ -439,7 +459,7 @@ class Trainer:
         t = self.config.training
         bar = setup.progress_bar(self.total_steps, self.step,
                                  enabled=t.progress_bar and self.accelerator.is_local_main_process)
-        window, last_train, last_eval = MetricWindow(), {}, {}
+        window, last_train, last_eval = MetricWindow(), self.last_train, {}
         window_start, window_first_step = time.perf_counter(), self.step
         eval_every = self._eval_every()
         clock = SaveClock(self.saves)
@@ -455,8 +475,9 @@ class Trainer:
             first = t.logging_first_step and self.step == 1
             if kept and (self.step % t.logging_steps == 0 or self.step == self.total_steps
                          or first):
-                last_train = self._log_window(window, self.step - window_first_step,
-                                              time.perf_counter() - window_start, log, bar)
+                last_train = self.last_train = self._log_window(
+                    window, self.step - window_first_step, time.perf_counter() - window_start,
+                    log, bar)
                 window.reset()
                 window_start, window_first_step = time.perf_counter(), self.step
             more = self.step < self.total_steps
@@ -554,7 +575,7 @@ class Trainer:
                 "processes": self.accelerator.num_processes,
                 "pairs_fingerprint": self._pairs_fingerprint,
                 "skipped_steps": self.skips.total, "rolled_back": sorted(self.rolled_back),
-                "resumes_forced": self.resumes_forced}
+                "resumes_forced": self.resumes_forced, "last_train": self.last_train}
 
     def save_checkpoint(self, step: Optional[int] = None) -> Path:
         step = self.step if step is None else step
@@ -585,6 +606,7 @@ class Trainer:
         self.rolled_back |= set(state.get("rolled_back", []))
         self.skips.total = int(state.get("skipped_steps", 0))
         self.resumes_forced = list(state.get("resumes_forced", []))
+        self.last_train = dict(state.get("last_train", {}))
         return state
 
     def _maybe_resume(self) -> None:
