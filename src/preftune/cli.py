@@ -1,15 +1,18 @@
 """``preftune`` command line.
 
-    preftune train --config recipes/simpo-cpu.yaml [--key value ...]
+    preftune train --config simpo [--key value ...]                  # a bundled recipe
+    preftune train --config my.yaml [--key value ...]
     preftune train --model_name_or_path smollm2 --dataset_name data.jsonl --method simpo
     accelerate launch -m preftune.cli train --config recipe.yaml     # several devices
     preftune train --help                                            # every config key
     preftune methods                                                 # every objective
+    preftune recipes                                                 # the bundled recipes
     preftune demo                                                    # the CPU demo
     preftune eval MODEL --data heldout.jsonl [--prompts q.jsonl]     # metrics, answers
     preftune judge --a gen_a.jsonl --b gen_b.jsonl --judge openai    # win rate, LC win rate
     preftune pairs MODEL --prompts q.jsonl --judge reward ...        # on-policy pairs
     preftune report RUN_DIR [RUN_DIR ...] [--out report.html]        # plots of runs, as HTML
+    preftune cpo|dpo|orpo|kto [TRL flags]    # TRL's example scripts' flags and defaults
     preftune --version
 """
 
@@ -39,6 +42,13 @@ def cmd_methods(_: list[str]) -> int:
             spellings = [*h.aliases, *(f"{a} x {b}" for a, b in h.scaled_aliases)]
             also = f"; also {', '.join(spellings)}" if spellings else ""
             print(f"  --{h.name} {h.default:g} ({h.bounds}{also}): {h.doc}")
+    return 0
+
+
+def cmd_recipes(_: list[str]) -> int:
+    from preftune.recipes import listing
+
+    print(listing())
     return 0
 
 
@@ -104,7 +114,10 @@ def cmd_report(argv: list[str]) -> int:
 
 
 COMMANDS = {"train": cmd_train, "methods": cmd_methods, "demo": cmd_demo, "eval": cmd_eval,
-            "judge": cmd_judge, "pairs": cmd_pairs, "report": cmd_report}
+            "judge": cmd_judge, "pairs": cmd_pairs, "report": cmd_report,
+            "recipes": cmd_recipes,
+            # cpo, dpo, orpo, kto: TRL's example scripts' flags and defaults (preftune/trl/cli.py)
+            **__import__("preftune.trl.cli", fromlist=["TRL_COMMANDS"]).TRL_COMMANDS}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -26,6 +26,7 @@ from typing import Any, Optional
 import yaml
 
 from preftune.errors import ConfigError
+from preftune.objectives.base import reserve_keys
 
 
 @dataclass
@@ -306,6 +307,8 @@ def _field_index() -> dict[str, tuple[str, dataclasses.Field]]:
 
 
 FIELDS = _field_index()
+# Each objective's hyperparameter spellings are config keys too: none may be one of these.
+reserve_keys({*FIELDS, *ALIASES, *IGNORED_KEYS, "hyperparameters"})
 
 
 def _suggest(key: str) -> str:
@@ -505,15 +508,30 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
     """YAML file (safe loader) then command-line overrides, into one :class:`Config`."""
     values: dict = {}
     if path:
-        if not Path(path).is_file():
-            raise ConfigError(f"--config: {path} is not a file")
-        text = Path(path).read_text()
+        text = _config_text(path)
         loaded = _safe_yaml(text, path) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of keys to values")
         values.update(flatten(loaded, path))
     values.update(parse_overrides(overrides or []))
     return build_config(values, where=path or "command line")
+
+
+RUN_CONFIG_FILE = "preftune_config.yaml"
+"""The run's config, in its output folder and in each checkpoint."""
+
+
+def _config_text(path: str) -> str:
+    """The YAML of ``--config``: a file, else a recipe bundled with preftune by name."""
+    if Path(path).is_file():
+        return Path(path).read_text()
+    from preftune import recipes
+
+    recipe = recipes.find(path)
+    if recipe is None:
+        raise ConfigError(f"--config: {path} is neither a file nor a recipe bundled with "
+                          "preftune (`preftune recipes` lists those)")
+    return recipe.read_text()
 
 
 def dump_config(config: Config, path: Path) -> None:

@@ -36,6 +36,8 @@ from typing import Callable
 
 import torch
 
+from preftune.errors import ConfigError
+
 
 def _types():
     from accelerate.utils import DistributedType
@@ -82,31 +84,21 @@ def configure(config, accelerator, log: Callable[[str], None] = print) -> None:
         ds["gradient_clipping"] = t.max_grad_norm if t.max_grad_norm and t.max_grad_norm > 0 else 0.0
 
 
-def needs_reference_copy(trainer, ref_model) -> bool:
-    """Whether the reference will be a copy of the starting policy (not a LoRA policy with
-    adapters off, not a separate ``ref_model``)."""
-    from preftune.setup import is_peft_model
-
-    m = trainer.config.model
-    return (trainer.method.needs_reference and ref_model is None and not m.ref_model
-            and not is_peft_model(trainer.model))
-
-
-def prepare(trainer, ref_model=None):
+def prepare(accelerator, model, optimizer, copy_reference: bool):
     """``accelerator.prepare`` of the policy and optimizer. Returns ``(model, optimizer,
-    ref_model)``; under FSDP and DeepSpeed ``ref_model`` becomes a copy of the starting
-    policy taken before sharding (elsewhere it is copied later, from the prepared model, as
-    before)."""
-    acc = trainer.accelerator
-    if (is_fsdp(acc) or is_deepspeed(acc)) and needs_reference_copy(trainer, ref_model):
-        if any(hasattr(p, "ds_id") for p in trainer.model.parameters()):
+    reference_copy)``; with ``copy_reference`` under FSDP and DeepSpeed, ``reference_copy``
+    is a copy of the starting policy taken before sharding (elsewhere None: the reference
+    is copied later, from the prepared model)."""
+    reference_copy = None
+    if copy_reference and (is_fsdp(accelerator) or is_deepspeed(accelerator)):
+        if any(hasattr(p, "ds_id") for p in model.parameters()):
             raise ValueError(
                 "the policy was partitioned while loading (DeepSpeed zero3_init_flag), so no "
                 "whole copy of it can serve as the reference: set zero3_init_flag: false, or "
                 "ref_model, or precompute_ref_log_probs")
-        ref_model = copy.deepcopy(trainer.model)
-    model, optimizer = acc.prepare(trainer.model, trainer.optimizer)
-    return model, optimizer, ref_model
+        reference_copy = copy.deepcopy(model)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    return model, optimizer, reference_copy
 
 
 def prepare_reference(accelerator, ref_model: torch.nn.Module) -> torch.nn.Module:
@@ -153,3 +145,49 @@ def accumulating(accelerator, model):
         with accelerator.no_sync(model):
             yield
 
+
+# -- agreement between ranks -----------------------------------------------------------
+
+def all_reduce(accelerator, tensor: torch.Tensor) -> torch.Tensor:
+    """The sum over ranks (on the CPU); ``tensor`` itself with one process."""
+    if accelerator.num_processes == 1:
+        return tensor
+    return accelerator.reduce(tensor.to(accelerator.device), "sum").cpu()
+
+
+def agree(accelerator, flag: bool) -> bool:
+    """True on every rank when it is on any (clocks and files differ between processes)."""
+    if accelerator.num_processes == 1:
+        return flag
+    return all_reduce(accelerator, torch.tensor([float(flag)], dtype=torch.float64)).item() > 0
+
+
+def on_main(accelerator, action: Callable[[], object]):
+    """``action()`` on the main process, its result there (None elsewhere); a ConfigError
+    there stops every rank (the others would otherwise wait for it at the next barrier)."""
+    error, result = None, None
+    if accelerator.is_main_process:
+        try:
+            result = action()
+        except ConfigError as refused:
+            error = refused
+    if agree(accelerator, error is not None):
+        raise error or ConfigError("the main process refused this run (see its message)")
+    return result
+
+
+class OneProcess:
+    """What scoring asks of an accelerator, for a model scored outside a run: one process
+    on ``device``, no autocast (evaluation.metrics.preference_metrics)."""
+
+    num_processes, process_index = 1, 0
+    is_main_process = is_local_main_process = True
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def autocast(self):
+        return contextlib.nullcontext()
+
+    def unwrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model

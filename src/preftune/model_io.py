@@ -98,7 +98,12 @@ def load_model(name_or_path: str, dtype: torch.dtype = torch.float32,
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
             bnb_4bit_use_double_quant=True)
-    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(name_or_path), **kwargs)
+    path = resolve_model_path(name_or_path)
+    weights = _unwrapped_weights(Path(path))
+    if weights is None:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    else:
+        model = _from_weights(path, weights, kwargs)
     if disable_dropout:
         disable_dropout_in(model)
     return model
@@ -110,3 +115,61 @@ def disable_dropout_in(model: torch.nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
+
+
+def is_peft_model(model) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+DDP_PREFIX = "module."
+
+
+def _unwrapped_weights(folder: Path) -> Optional[dict]:
+    """A checkpoint written by several DDP processes names its weights as the wrapper does
+    (``module.model.layers...``): those weights under the model's own names, else None
+    (transformers reads the folder's weights itself)."""
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as handle:
+        if not all(key.startswith(DDP_PREFIX) for key in handle.keys()):
+            return None
+        return {key[len(DDP_PREFIX):]: handle.get_tensor(key) for key in handle.keys()}
+
+
+def _from_weights(path: str, weights: dict, kwargs: dict):
+    """The model of the config in ``path`` holding ``weights``; a weight left out as tied
+    to another (accelerate saves shared tensors once) is tied again."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=kwargs["trust_remote_code"])
+    model = AutoModelForCausalLM.from_config(config, **kwargs)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    model.tie_weights()
+    loaded = {p.data_ptr() for name, p in model.named_parameters() if name in weights}
+    untied = [k for k in missing if model.get_parameter(k).data_ptr() not in loaded]
+    if unexpected or untied:
+        raise ValueError(f"{path}/model.safetensors does not fit its config.json: missing "
+                         f"{untied[:3]}, unexpected {unexpected[:3]}")
+    return model
+
+
+def load_trained_model(name_or_path: str, dtype: torch.dtype = torch.float32, **options):
+    """A model as a run saved it: a folder of LoRA adapters (``adapter_config.json``) is
+    loaded over its base model as a peft model, so its base stays reachable (adapters off);
+    anything else through :func:`load_model`."""
+    import json
+
+    folder = Path(name_or_path)
+    if not (folder / ADAPTER_CONFIG).is_file():
+        return load_model(name_or_path, dtype, **options)
+    try:
+        from peft import PeftModel
+    except ImportError as error:
+        raise ImportError(f"{folder} holds LoRA adapters: loading them needs `pip install "
+                          "peft` (or preftune[peft])") from error
+    base = json.loads((folder / ADAPTER_CONFIG).read_text())["base_model_name_or_path"]
+    return PeftModel.from_pretrained(load_model(base, dtype, **options), folder)

@@ -29,20 +29,18 @@ def split_parts(n: int, parts: int, seed: int) -> list[list[int]]:
 def train_rounds(config: Config, *, model=None, tokenizer=None, train_pairs=None,
                  eval_pairs=None, log: Optional[Callable[[str], None]] = None
                  ) -> list[TrainResult]:
-    from preftune import setup
-    from preftune.method import resolve_method
+    from preftune.assemble import load_data
+    from preftune.validation import validate
 
     rounds = config.training.rounds
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     log = log or print
-    tokenizer = tokenizer or setup.build_tokenizer(config)
-    if train_pairs is None:
-        from preftune.preflight import check_run
-
-        check_run(config, tokenizer, model=model, log=log)  # before tokenizing every row
-        method = resolve_method(config.method, config.model.ref_model)
-        train_pairs, eval_pairs = setup.build_pairs(config, tokenizer, method, log=log)
+    # The data are read and tokenized once, as a single run would (assemble.py), then split.
+    method = validate(config, loads_data=train_pairs is None, loads_model=model is None)
+    tokenizer, train_pairs, eval_pairs = load_data(
+        config, method, tokenizer=tokenizer, model=model, train_pairs=train_pairs,
+        eval_pairs=eval_pairs, log=log)
     parts = split_parts(len(train_pairs), rounds, config.training.seed)
     output_dir = Path(config.training.output_dir)
     results, accelerator = [], None

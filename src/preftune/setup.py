@@ -1,19 +1,15 @@
-"""Building a run's parts from its config: tokenizer, pairs, model, reference, schedule,
-and writing the final model. Kept apart from the loop so the loop reads straight through."""
+"""Builders of a run's parts from its config: tokenizer, pairs, model, LoRA adapters,
+schedule. assemble.py calls them in order; each takes what it needs, explicitly."""
 
 from __future__ import annotations
 
-import copy
-import json
 import math
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
-
-from preftune.config import Config, TrainingConfig, dump_config
+from preftune.config import Config, TrainingConfig
 from preftune.errors import ConfigError
-from preftune.model_io import load_model, load_tokenizer, parse_dtype
-from preftune.pauses import FINAL_SAVE_DELAY_ENV, pause
+from preftune.model_io import load_model, load_tokenizer, load_trained_model, parse_dtype
 
 
 def build_tokenizer(config: Config):
@@ -38,9 +34,7 @@ def build_pairs(config: Config, tokenizer, method, log: Callable[[str], None] = 
     from preftune.preflight import check_rows
 
     check_rows(train_rows, tokenizer, d.data_format, d.column_mapping)
-    options = dict(max_length=d.max_length, max_prompt_length=d.prompt_limit,
-                   data_format=d.data_format, column_mapping=d.column_mapping,
-                   skip_bad_rows=d.skip_bad_rows, unpaired=not method.objective.paired)
+    options = tokenize_options(config, method)
     train_pairs, report = tokenize_rows(train_rows, tokenizer, **options)
     log("train data: " + report.summary())
     eval_pairs = []
@@ -50,6 +44,23 @@ def build_pairs(config: Config, tokenizer, method, log: Callable[[str], None] = 
     if not train_pairs:
         raise ValueError("no training pairs left after tokenization (see the summary above)")
     return train_pairs, eval_pairs
+
+
+def tokenize_options(config: Config, method) -> dict:
+    """How rows become pairs: the same for training, its evaluation and ``preftune eval``."""
+    d = config.data
+    return dict(max_length=d.max_length, max_prompt_length=d.prompt_limit,
+                data_format=d.data_format, column_mapping=d.column_mapping,
+                skip_bad_rows=d.skip_bad_rows, unpaired=not method.objective.paired)
+
+
+def tokenize_held_out(config: Config, tokenizer, method, rows: Sequence[dict],
+                      log: Callable[[str], None] = print) -> list:
+    from preftune.data import tokenize_rows
+
+    pairs, report = tokenize_rows(list(rows), tokenizer, **tokenize_options(config, method))
+    log("eval data: " + report.summary())
+    return pairs
 
 
 def build_model(config: Config, accelerator):
@@ -64,6 +75,15 @@ def build_model(config: Config, accelerator):
             gradient_checkpointing_kwargs=m.gradient_checkpointing_kwargs or {"use_reentrant": False})
         model.config.use_cache = False
     return model
+
+
+def build_scored_model(config: Config, device):
+    """The model ``preftune eval`` scores, as its run saved it: a folder of LoRA adapters
+    loads over its base model (model_io.load_trained_model)."""
+    m = config.model
+    return load_trained_model(m.model_name_or_path, parse_dtype(m.torch_dtype, device),
+                              trust_remote_code=m.trust_remote_code,
+                              attn_implementation=m.attn_implementation)
 
 
 def wrap_lora(model, m):
@@ -87,54 +107,6 @@ def wrap_lora(model, m):
         raise ConfigError(f"lora_target_modules {m.lora_target_modules!r}: {error}") from None
 
 
-def build_reference_source(trainer, ref_model=None):
-    """Reference log-probs for a reference-based objective, in the cheapest form the run
-    allows: the policy with adapters off (LoRA), else a frozen model (``ref_model`` or a
-    copy of the starting policy); with ``precompute_ref_log_probs`` computed once from that
-    source and cached on disk, after which the model is released."""
-    from preftune.distributed import prepare_reference
-    from preftune.reference import AdapterReference, ModelReference
-
-    config, acc = trainer.config, trainer.accelerator
-    m = config.model
-    if ref_model is None and m.ref_model is None and is_peft_model(acc.unwrap_model(trainer.model)):
-        source = AdapterReference(trainer.model, trainer.forward, acc.unwrap_model, acc.autocast)
-    else:
-        if ref_model is None:
-            if m.ref_model:
-                ref_model = load_model(m.ref_model, parse_dtype(m.torch_dtype, acc.device),
-                                       trust_remote_code=m.trust_remote_code,
-                                       attn_implementation=m.attn_implementation)
-            else:
-                # Copied from the unwrapped starting policy, before any step.
-                ref_model = copy.deepcopy(acc.unwrap_model(trainer.model))
-        # Placed like the policy: sharded under FSDP2 / ZeRO-3 (preftune.distributed).
-        source = ModelReference(prepare_reference(acc, ref_model), trainer.forward, acc.autocast)
-    if m.precompute_ref_log_probs:
-        return build_reference_cache(trainer, source)
-    return source
-
-
-def is_peft_model(model) -> bool:
-    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
-
-
-def build_reference_cache(trainer, source):
-    """Reference log-probs of every train and eval pair, from the on-disk cache when the
-    reference weights, tokenizer and pairs are unchanged."""
-    from preftune.model_io import cache_dir
-    from preftune.refcache import cached_reference
-
-    folder = trainer.config.model.ref_cache_dir or cache_dir() / "reference"
-    acc = trainer.accelerator
-    return cached_reference(
-        source, trainer.tokenizer, list(trainer.train_pairs) + list(trainer.eval_pairs),
-        device=acc.device, batch_size=trainer.config.training.per_device_eval_batch_size,
-        cache_dir=folder, log=trainer.log,
-        progress=trainer.config.training.progress_bar and acc.is_local_main_process,
-        is_main=acc.is_main_process, barrier=acc.wait_for_everyone)
-
-
 def build_scheduler(t: TrainingConfig, optimizer, total_steps: int):
     from transformers import get_scheduler
 
@@ -148,72 +120,3 @@ def progress_bar(total: int, initial: int, enabled: bool):
 
     return tqdm(total=total, initial=initial, disable=not enabled, desc="train",
                 dynamic_ncols=True)
-
-
-FINAL_STAGING = ".final.tmp"
-
-
-def save_final(trainer, final_metrics: dict) -> Path:
-    """The trained model in Hugging Face format (safetensors, tokenizer, chat template),
-    the config that made it, a model card, what ran, and the final metrics.
-
-    Written into a staging folder first and moved into ``output_dir`` file by file, the
-    final metrics last: a kill during the writes leaves the staging folder (removed by the
-    next run) and the previous contents, never a model folder with half a weights file."""
-    import os
-    import shutil
-
-    from preftune.checkpoint import write_model_card
-    from preftune.metrics import json_safe
-
-    acc, out = trainer.accelerator, trainer.output_dir
-    acc.wait_for_everyone()
-    state_dict = acc.get_state_dict(trainer.model)
-    if acc.is_main_process:
-        staging = out / FINAL_STAGING
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        model = acc.unwrap_model(trainer.model)
-        if is_peft_model(model) and trainer.config.model.merge_lora:
-            model, state_dict = model.merge_and_unload(), None
-        # A peft model saves its adapter alone (adapter_model.safetensors + config).
-        model.save_pretrained(staging, state_dict=None if is_peft_model(model) else state_dict,
-                              safe_serialization=True)
-        trainer.tokenizer.save_pretrained(staging)
-        pause(FINAL_SAVE_DELAY_ENV)
-        dump_config(trainer.config, staging / "preftune_config.yaml")
-        (staging / "run_info.json").write_text(
-            json.dumps(json_safe(trainer.run_info()), indent=2) + "\n")
-        write_model_card(staging, method=trainer.method,
-                         base_model=trainer.config.model.model_name_or_path,
-                         settings=_card_settings(trainer), final_metrics=final_metrics,
-                         model_dir=out)
-        (staging / "final_metrics.json").write_text(
-            json.dumps(json_safe(final_metrics), indent=2, allow_nan=False))
-        names = sorted(p.name for p in staging.iterdir())
-        names.remove("final_metrics.json")
-        for name in names + ["final_metrics.json"]:  # the metrics mark a complete save
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            os.replace(staging / name, target)
-        staging.rmdir()
-        c = trainer.config
-        if c.training.push_to_hub:
-            repo = c.training.hub_model_id or out.name
-            model.push_to_hub(repo)
-            trainer.tokenizer.push_to_hub(repo)
-    acc.wait_for_everyone()
-    return out
-
-
-def _card_settings(trainer) -> dict:
-    c = trainer.config
-    settings = {"method": trainer.method.describe(), "learning_rate": c.training.learning_rate,
-                "steps": trainer.step, "global batch (pairs)": trainer.plan.global_batch,
-                "max_length": c.data.max_length, "max_prompt_length": c.data.prompt_limit,
-                "dataset": c.data.dataset_name, "seed": c.training.seed}
-    for forced in trainer.resumes_forced:
-        settings[f"resumed at step {forced['step']} with changes"] = "; ".join(
-            forced["changes"]).replace("|", "/")
-    return settings

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from operator import attrgetter
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -25,22 +25,18 @@ import torch
 
 from preftune import distributed, guard, setup, trackers
 from preftune import resume as run_check
-from preftune.batching import BatchPlan, eval_batches
+from preftune.assemble import RunParts, assemble, hold
 from preftune.checkpoint import (STATE_FILE, latest_checkpoint, load_checkpoint,
                                  remove_partial, save_checkpoint)
 from preftune.config import Config
 from preftune.errors import ConfigError, TrainingStopped
-from preftune.fast import build_forward
-from preftune.fast.grouping import LengthGroupedPlan
-from preftune.method import ResolvedMethod
+from preftune.final_save import FINAL_STAGING, card_settings, save_final, write_model_files
 from preftune.metrics import JsonlLog, MetricWindow, json_safe, total_loss
-from preftune.objectives import compute_objective, example_metrics, step_loss
-from preftune.optim import build_optimizer
-from preftune.pauses import EVAL_DELAY_ENV, pause
-from preftune.saving import SaveClock, SavePolicy
+from preftune.objectives import example_metrics, step_loss
+from preftune.saving import SaveClock
+from preftune.scoring import batch_output, score_pairs
 from preftune.signals import StopRequest
 from preftune.types import TokenizedPair
-from preftune.validation import validate
 
 
 @dataclass
@@ -62,190 +58,41 @@ def nll_token_count(pairs: Sequence[TokenizedPair]) -> int:
 
 
 class Trainer:
-    """Holds the run's parts; :meth:`train` runs it. Parts may be passed in (tests,
-    notebooks) or are built from the config."""
+    """Runs the training loop over a run's parts (assemble.py): :meth:`train` steps to the
+    end. Parts may be passed in (tests, notebooks) or are built from the config; they read
+    as the trainer's own attributes (``trainer.model``, ``trainer.optimizer`` ...)."""
 
     def __init__(self, config: Config, *, model=None, tokenizer=None, ref_model=None,
                  train_pairs: Optional[list[TokenizedPair]] = None,
                  eval_pairs: Optional[list[TokenizedPair]] = None,
-                 accelerator=None, forward=None, log: Optional[Callable[[str], None]] = None):
-        from accelerate import Accelerator
-        from accelerate.utils import set_seed
-
-        self.config = config
+                 accelerator=None, forward=None, log: Optional[Callable[[str], None]] = None,
+                 plan=None):
+        self.parts: RunParts = assemble(
+            config, model=model, tokenizer=tokenizer, ref_model=ref_model,
+            train_pairs=train_pairs, eval_pairs=eval_pairs, accelerator=accelerator,
+            forward=forward, log=log, plan=plan)
         t = config.training
-        # Before anything loads; settings for parts handed in are not used, so not checked.
-        self.method: ResolvedMethod = validate(config, loads_data=train_pairs is None,
-                                               loads_model=model is None)
-        self.accelerator = accelerator or Accelerator(mixed_precision=self._mixed_precision(),
-                                                      **trackers.accelerator_options(t))
-        self.log = log or self.accelerator.print
-        set_seed(t.seed)
-        distributed.configure(config, self.accelerator, self.log)
-        self.output_dir = Path(t.output_dir)
-        # Locked from before anything loads until train() ends: a run starting on the
-        # folder meanwhile is refused, and cannot delete what this one resumes from.
-        self._on_main(self._claim_output_dir)
-        try:
-            self._build(model, tokenizer, ref_model, train_pairs, eval_pairs, forward)
-        except BaseException:
-            self._release_lock()
-            raise
-
-    def _build(self, model, tokenizer, ref_model, train_pairs, eval_pairs, forward) -> None:
-        config, t = self.config, self.config.training
-        if config.ignored:
-            self.log(f"ignored keys (no effect in preftune): {', '.join(config.ignored)}")
-        if self.method.note:
-            self.log(f"method: {self.method.note}")
-        self._load_parts(model, tokenizer, train_pairs, eval_pairs, forward)
-        self.plan = self._batch_plan()
-        self.total_steps = (t.max_steps if t.max_steps > 0
-                            else math.ceil(t.num_train_epochs * self.plan.steps_per_epoch))
-        self.optimizer, updates = build_optimizer(self.model, t, distributed.engine(self.accelerator))
-        # "precision: no autocast; ..." or "precision: bf16 autocast; ...".
-        self.precision = f"precision: {self.accelerator.mixed_precision} autocast; {updates}"
-        self.log(self.precision)
-        self.model, self.optimizer, ref_model = distributed.prepare(self, ref_model)
-        # On the prepared optimizer: under DeepSpeed it may be another object (CPU Adam).
-        # The schedule counts optimizer steps itself; accelerate's scheduler wrapper would
-        # step once per process. Checkpoints hold its state (checkpoint.py).
-        self.scheduler = setup.build_scheduler(t, self.optimizer, self.total_steps)
-        # A callable (pairs, device) -> reference log-probs, or None (preftune.reference).
-        self.reference = (setup.build_reference_source(self, ref_model)
-                          if self.method.needs_reference else None)
-        self.step = 0
+        # The loop's state. total_steps starts as assembled; it is the loop's own, the one
+        # part-derived value a caller may lower (a test stops a run early this way).
+        self.step, self.total_steps = 0, self.parts.total_steps
         self.skips = guard.SkipLog(t.max_consecutive_nonfinite, guard.allowed_skips(
             t.max_nonfinite_fraction, self.total_steps))
         # Steps whose update broke the weights and was rolled back: skipped when reached.
         self.rolled_back: set[int] = set()
         # Forced resumes: the step each happened at and what it changed.
         self.resumes_forced: list[dict] = []
-        self.saves = SavePolicy.from_config(t, self.plan.steps_per_epoch)
         self.metrics_log = None  # the JSONL log (and trackers) on the main process
         # The last logged training metrics (kept in checkpoints: a run resumed at its last
         # step reports the same final metrics as one never stopped).
         self.last_train: dict = {}
-
-    def _load_parts(self, model, tokenizer, train_pairs, eval_pairs, forward) -> None:
-        """Tokenizer, pairs, model (with LoRA adapters if asked) and forward station, each
-        built from the config unless handed in, after the pre-flight checks."""
-        config = self.config
-        self.tokenizer = tokenizer or setup.build_tokenizer(config)
-        from preftune.preflight import check_run
-
-        # Before reading or tokenizing the rows and before loading the model.
-        check_run(config, self.tokenizer, model=model, pairs=train_pairs, log=self.log)
-        if train_pairs is None:
-            train_pairs, eval_pairs = setup.build_pairs(config, self.tokenizer, self.method,
-                                                        log=self.log)
-        self.train_pairs, self.eval_pairs = train_pairs, eval_pairs or []
-        self.model = model if model is not None else setup.build_model(config, self.accelerator)
-        if config.model.use_peft and not setup.is_peft_model(self.model):
-            self.model = setup.wrap_lora(self.model, config.model)
-        self.forward = forward or build_forward(config, self.tokenizer, log=self.log)
-
-    def _batch_plan(self):
-        """Which pairs each micro-batch of each step holds, on each process."""
-        t = self.config.training
-        plan_args = (len(self.train_pairs), t.per_device_train_batch_size,
-                     t.gradient_accumulation_steps, self.accelerator.num_processes, t.seed)
-        plan = (LengthGroupedPlan(*plan_args, lengths=tuple(
-            p.num_tokens for p in self.train_pairs)) if t.group_by_length else BatchPlan(*plan_args))
-        if plan.steps_per_epoch == 0:
-            raise ValueError(f"{len(self.train_pairs)} training pairs cannot fill one step of "
-                             f"{plan.global_batch} pairs")
-        return plan
-
-    # -- the output folder ------------------------------------------------------------
-    def _on_main(self, action: Callable[[], None]) -> None:
-        """``action`` on the main process; a ConfigError there stops every rank (the
-        others would otherwise wait for it at the next barrier)."""
-        error = None
-        if self.accelerator.is_main_process:
-            try:
-                action()
-            except ConfigError as refused:
-                error = refused
-        if self._agree(error is not None):
-            raise error or ConfigError("the main process refused this run (see its message)")
-
-    def _claim_output_dir(self) -> None:
-        """The folder is free for this run, or holds this run to resume, or (with
-        ``overwrite_output_dir``) another run's artifacts, which go (runfolder.py). Under
-        the folder's lock, so a run training there cannot lose its files to this check."""
-        from preftune.runfolder import RunLock, claim_output_dir
-
-        m, d, t = self.config.model, self.config.data, self.config.training
-        inputs = {"model_name_or_path": m.model_name_or_path, "ref_model": m.ref_model,
-                  "tokenizer_name_or_path": m.tokenizer_name_or_path,
-                  "chat_template": m.chat_template, "dataset_name": d.dataset_name,
-                  "eval_dataset": d.eval_dataset, "ref_cache_dir": m.ref_cache_dir,
-                  **{f"dataset_mixer {name}": name for name in (d.dataset_mixer or {})}}
-        made = [p for p in (self.output_dir, *self.output_dir.parents) if not p.exists()]
-        self._take_lock()
-        try:
-            claim_output_dir(self.output_dir, resume=t.resume, overwrite=t.overwrite_output_dir,
-                             inputs=inputs, log=self.log)
-        except ConfigError:
-            self._release_lock()
-            for folder in made:  # the lock made them: a refused path is left as it was
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
-            raise
-
-    def _take_lock(self) -> None:
-        from preftune.runfolder import RunLock
-
-        lock = getattr(self, "_lock", None)
-        if lock is None or not lock.held:
-            self._lock = RunLock(self.output_dir)
-            if self._lock.acquire():
-                self.log(self._lock.stale)
-
-    def _release_lock(self) -> None:
-        lock = getattr(self, "_lock", None)
-        if lock is not None:
-            lock.release()
-
-    def _mixed_precision(self) -> str:
-        t = self.config.training
-        if t.fp16:
-            if t.bf16:
-                raise ConfigError("bf16 and fp16 are both true: choose one")
-            if not torch.cuda.is_available():
-                # accelerate runs no fp16 autocast and no loss scaling on a CPU: the setting
-                # would do nothing.
-                raise ConfigError("fp16 needs a GPU (fp16 autocast with loss scaling); on "
-                                  "a CPU use bf16: true or float32")
-            return "fp16"
-        bf16 = t.bf16
-        if bf16 is None:
-            bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        return "bf16" if bf16 else "no"
-
-    # -- one micro-batch -------------------------------------------------------------
-    def batch_output(self, pairs: Sequence[TokenizedPair], step: int):
-        device = self.accelerator.device
-        # Under autocast as the reference is (reference.py), so that the chunked head, which
-        # runs outside the model's own (autocast-wrapped) forward, computes in bf16 too.
-        with self.accelerator.autocast():
-            policy = self.forward(self.model, pairs, device)
-        reference = self.reference(pairs, device) if self.reference is not None else None
-        labels = None
-        if not self.method.objective.paired:
-            labels = torch.tensor([bool(p.label) for p in pairs], device=device)
-        output = compute_objective(
-            self.method.objective, self.method.hparams, policy, reference,
-            example_ids=[p.example_id for p in pairs], seed=self.config.training.seed,
-            step=step, labels=labels, nll_weight=self.method.nll_weight,
-            reference_free=self.method.reference_free)
-        return output, policy.aux_loss
+        self._pairs_fingerprint: Optional[str] = None
 
     def _all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self.accelerator.num_processes == 1:
-            return tensor
-        return self.accelerator.reduce(tensor.to(self.accelerator.device), "sum").cpu()
+        return distributed.all_reduce(self.accelerator, tensor)
+
+    def _agree(self, flag: bool) -> bool:
+        """True on every rank when it is on any (clocks differ between processes)."""
+        return distributed.agree(self.accelerator, flag)
 
     # -- one optimizer step ----------------------------------------------------------
     def train_step(self, window: MetricWindow) -> bool:
@@ -269,7 +116,7 @@ class Trainer:
         for k, pairs in enumerate(micro):
             last = k == len(micro) - 1
             with contextlib.nullcontext() if last else distributed.accumulating(acc, self.model):
-                output, aux = self.batch_output(pairs, self.step)
+                output, aux = batch_output(self.parts, pairs, self.step)
                 loss = step_loss(output, examples_in_step=examples,
                                  nll_tokens_in_step=nll_tokens, aux_loss=aux,
                                  aux_loss_coef=aux_coef)
@@ -368,27 +215,18 @@ class Trainer:
         return float(coef or 0.0)
 
     # -- evaluation ------------------------------------------------------------------
-    @torch.no_grad()
     def evaluate(self, stop: Optional[StopRequest] = None) -> dict:
-        """Metrics over the eval pairs. A stop signal abandons it between batches: the
-        run then stops with a checkpoint of the step it evaluated."""
-        if not self.eval_pairs:
-            return {}
-        acc = self.accelerator
-        self.model.eval()
-        window = MetricWindow()
-        for batch in eval_batches(len(self.eval_pairs), self.config.training.per_device_eval_batch_size,
-                                  acc.process_index, acc.num_processes):
-            signum = stop.requested(self._all_reduce) if stop is not None else None
+        """Metrics over the eval pairs (scoring.score_pairs), named ``eval_*``. A stop
+        signal abandons it between batches: the run then stops with a checkpoint of the
+        step it evaluated."""
+        def stop_if_asked() -> None:
+            signum = stop.requested(self._all_reduce)
             if signum:
                 self._stop_on_signal(signum, during="the evaluation")
-            # Step 0 for every evaluation: SamPO draws the same positions each time, so
-            # evaluations at different steps compare like with like.
-            output, _ = self.batch_output([self.eval_pairs[i] for i in batch], step=0)
-            window.add(example_metrics(output))
-            pause(EVAL_DELAY_ENV)
-        means = window.means(self._all_reduce)
-        means["loss"] = total_loss(means, self.method.nll_weight)
+
+        means = score_pairs(self.parts, self.eval_pairs,
+                            self.config.training.per_device_eval_batch_size,
+                            before_batch=stop_if_asked if stop is not None else None)
         return {f"eval_{k}": v for k, v in means.items()}
 
     def run_info(self) -> dict:
@@ -412,8 +250,6 @@ class Trainer:
     def _write_run_info(self) -> None:
         """``run_info.json`` in the output folder: a GPU run can be checked afterwards."""
         if self.accelerator.is_main_process:
-            import json
-
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / "run_info.json").write_text(
                 json.dumps(self.run_info(), indent=2) + "\n")
@@ -424,11 +260,13 @@ class Trainer:
         the final save. SIGTERM/SIGINT at any moment end with a resumable state: after a
         step (a checkpoint is written), during an evaluation (it is abandoned) or during
         the final save (it completes first)."""
-        self._on_main(self._take_lock)  # held while the run writes into its folder
+        # Held while the run writes into its folder (taken again if released since).
+        distributed.on_main(self.accelerator, lambda: hold(self.lock, self.log))
         try:
             return self._train()
         finally:
-            self._release_lock()
+            if self.lock is not None:
+                self.lock.release()
 
     def _train(self) -> TrainResult:
         acc, t = self.accelerator, self.config.training
@@ -446,7 +284,11 @@ class Trainer:
             last_train, last_eval = self._train_loop(stop, log)
             if t.do_eval and t.eval_strategy != "no":
                 last_eval = self._log_eval(log, stop) or last_eval
-            setup.save_final(self, {**last_train, **last_eval})
+            save_final(self.parts, {**last_train, **last_eval}, run_info=self.run_info(),
+                       card_settings=card_settings(
+                           self.config, self.method, step=self.step,
+                           global_batch=self.plan.global_batch,
+                           resumes_forced=self.resumes_forced))
             if stop.signum:
                 raise TrainingStopped(
                     f"stopped by signal {stop.signum} during the final save, after it "
@@ -509,12 +351,6 @@ class Trainer:
             return None
         return self.plan.steps_per_epoch if t.eval_strategy == "epoch" else t.eval_steps
 
-    def _agree(self, flag: bool) -> bool:
-        """True on every rank when it is on any (clocks differ between processes)."""
-        if self.accelerator.num_processes == 1:
-            return flag
-        return self._all_reduce(torch.tensor([float(flag)], dtype=torch.float64)).item() > 0
-
     def _log_window(self, window: MetricWindow, steps: int, seconds: float, log, bar) -> dict:
         means = window.means(self._all_reduce)
         means["loss"] = total_loss(means, self.method.nll_weight)
@@ -567,7 +403,7 @@ class Trainer:
     def _run_state(self) -> dict:
         """What a checkpoint records: the run's settings, process count and pairs (to check
         a resume against, resume.py), and the guard's history."""
-        if getattr(self, "_pairs_fingerprint", None) is None:
+        if self._pairs_fingerprint is None:
             from preftune.refcache import fingerprint_pairs
 
             self._pairs_fingerprint = fingerprint_pairs(self.train_pairs)
@@ -582,7 +418,8 @@ class Trainer:
         state = json_safe({"step": step, **self._run_state()})
         return save_checkpoint(self.accelerator, self.output_dir, step, state,
                                scheduler=self.scheduler,
-                               keep=self.config.training.save_total_limit)
+                               keep=self.config.training.save_total_limit,
+                               model_files=lambda folder: write_model_files(folder, self.parts))
 
     def _resumable_checkpoint(self) -> Optional[Path]:
         """The newest checkpoint whose files match their manifest: verified on the main
@@ -613,7 +450,7 @@ class Trainer:
         t = self.config.training
         if self.accelerator.is_main_process:
             removed = remove_partial(self.output_dir)
-            final_staging = self.output_dir / setup.FINAL_STAGING
+            final_staging = self.output_dir / FINAL_STAGING
             if final_staging.is_dir():
                 shutil.rmtree(final_staging)
                 removed.append(final_staging.name)
@@ -646,3 +483,9 @@ class Trainer:
             self.resumes_forced.append({"step": self.step, "changes": changed})
             self.log("--resume_force: from this step on the run takes the new values: "
                      + "; ".join(changed))
+
+
+# The run's parts read as the trainer's own attributes, read-only: assembled once.
+for _part in (f.name for f in fields(RunParts) if f.name != "total_steps"):
+    setattr(Trainer, _part, property(attrgetter(f"parts.{_part}")))
+del _part

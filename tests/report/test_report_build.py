@@ -134,3 +134,15 @@ def test_report_of_a_real_tiny_run(tmp_path, tokenizer):
     last = [r for r in read_jsonl(out / "metrics.jsonl") if "loss" in r][-1]
     assert f"<th>loss</th><td class='num'>{last['loss']:.4g} " in page
     assert "<h2>Notes</h2>" not in page  # a complete run: nothing missing, nothing odd
+
+
+def test_without_matplotlib_the_report_names_its_extra(tmp_path, monkeypatch, capsys):
+    """matplotlib is the report extra's, not everyone's: its absence is a message."""
+    import importlib.util
+
+    found = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "matplotlib" else found(name, *args))
+    write_metrics(tmp_path, [train_row(1)])
+    assert cli_main(["report", str(tmp_path)]) == 2
+    assert "pip install 'preftune[report]'" in capsys.readouterr().err

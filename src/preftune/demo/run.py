@@ -45,6 +45,7 @@ def held_out_pairs(seed: int = 1) -> list[dict]:
 
 def main(argv: list[str]) -> int:
     from preftune.data import tokenize_rows
+    from preftune.setup import build_tokenizer
     from preftune.trainer import Trainer
 
     torch.manual_seed(0)
@@ -52,13 +53,14 @@ def main(argv: list[str]) -> int:
     start = time.perf_counter()
     trainer_log: list[str] = []
     records = read_jsonl(DATA / "eval.jsonl")
-    # The trainer builds model and tokenizer; the held-out pairs share its tokenization.
-    trainer = Trainer(config, train_pairs=None, log=lambda m: (print(m), trainer_log.append(m)))
+    # The held-out pairs are the run's eval pairs, tokenized by the run's tokenizer.
+    tokenizer = build_tokenizer(config)
     d = config.data
-    eval_pairs, _ = tokenize_rows(held_out_pairs(), trainer.tokenizer, max_length=d.max_length,
+    eval_pairs, _ = tokenize_rows(held_out_pairs(), tokenizer, max_length=d.max_length,
                                   max_prompt_length=d.prompt_limit)
-    trainer.eval_pairs = eval_pairs
-    model, tokenizer = trainer.accelerator.unwrap_model(trainer.model), trainer.tokenizer
+    trainer = Trainer(config, tokenizer=tokenizer, eval_pairs=eval_pairs,
+                      log=lambda m: (print(m), trainer_log.append(m)))
+    model = trainer.accelerator.unwrap_model(trainer.model)
 
     print(f"held-out: {len(records)} questions, {len(eval_pairs)} preference pairs")
     before_task = task_accuracy(model, tokenizer, records, progress=True, batch_size=50)

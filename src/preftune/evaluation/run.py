@@ -1,14 +1,18 @@
 """``preftune eval``: held-out preference metrics and generations of one model.
 
+    preftune eval outputs/dpo --data heldout.jsonl              # as the run trained
+    preftune eval outputs/dpo/checkpoint-40 --data heldout.jsonl
     preftune eval outputs/simpo --data heldout.jsonl --method simpo --beta 2.5
-    preftune eval outputs/dpo --data heldout.jsonl --method dpo --ref_model smollm2
+    preftune eval some/model --data heldout.jsonl --method dpo --ref_model smollm2
     preftune eval outputs/simpo --prompts questions.jsonl --max_new_tokens 512 \\
         --export alpaca_eval,arena_hard,mt_bench
+    accelerate launch -m preftune.cli eval outputs/dpo --data heldout.jsonl  # several devices
 
-Writes ``OUTPUT_DIR/eval.json`` (metrics, generation settings, answer-length statistics)
-and ``OUTPUT_DIR/generations.jsonl`` (one row per answer), plus the chosen exports.
-Every ``preftune train`` key (method, data, model) and every generation key
-(config.GenerationConfig) is accepted as ``--key value``.
+A run's folder (or checkpoint) says how the run trained (evaluation/saved_run.py): its
+objective and reference are the defaults. Writes ``OUTPUT_DIR/eval.json`` (metrics,
+generation settings, answer-length statistics) and ``OUTPUT_DIR/generations.jsonl`` (one
+row per answer), plus the chosen exports. Every ``preftune train`` key (method, data,
+model) and every generation key (config.GenerationConfig) is accepted as ``--key value``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
 import torch
 
 from preftune.config import (Config, ConfigError, GenerationConfig, build_config,
@@ -23,13 +28,14 @@ from preftune.config import (Config, ConfigError, GenerationConfig, build_config
 from preftune.evaluation.generate import generate
 from preftune.evaluation.lengths import length_stats, word_count
 from preftune.evaluation.prompts import PromptItem, preference_prompts, prompt_text, read_prompts
-
-DEFAULT_METHOD = "simpo"
+from preftune.evaluation.saved_run import eval_values
 
 
 def parse_args(argv: list[str], prog: str = "preftune eval"):
+    """``(known, generation settings, config, notes)``: the config holds the saved run's
+    settings under the ones given (saved_run.py); ``notes`` say which were taken."""
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    parser.add_argument("model", help="model folder, hub id, or smollm2")
+    parser.add_argument("model", help="model, run or checkpoint folder, hub id, or smollm2")
     parser.add_argument("--data", help="preference file (any format `preftune train` reads)")
     parser.add_argument("--prompts", help="prompt file (.jsonl/.json/.txt); default: the "
                                           "prompts of --data")
@@ -39,11 +45,12 @@ def parse_args(argv: list[str], prog: str = "preftune eval"):
     parser.add_argument("--export", default="", help="comma-separated: alpaca_eval, "
                                                      "arena_hard, mt_bench")
     known, rest = parser.parse_known_args(argv)
-    generation, values = split_generation_keys(parse_overrides(rest))
-    values["model_name_or_path"] = known.model
+    generation, given = split_generation_keys(parse_overrides(rest))
+    given["model_name_or_path"] = known.model
     if known.data:
-        values["dataset_name"] = known.data
-    return known, generation, build_config(values)
+        given["dataset_name"] = known.data
+    values, notes = eval_values(known.model, given)
+    return known, generation, build_config(values), notes
 
 
 def device_of() -> torch.device:
@@ -51,53 +58,26 @@ def device_of() -> torch.device:
 
 
 def load_for_eval(config: Config, device: torch.device):
-    from preftune.model_io import load_model, parse_dtype
-    from preftune.setup import build_tokenizer
+    """Model (LoRA adapters over their base, where the folder holds adapters) and
+    tokenizer, for generation."""
+    from preftune.setup import build_scored_model, build_tokenizer
 
-    m = config.model
-    tokenizer = build_tokenizer(config)
-    model = load_model(m.model_name_or_path, parse_dtype(m.torch_dtype, device),
-                       trust_remote_code=m.trust_remote_code,
-                       attn_implementation=m.attn_implementation).to(device)
-    return model, tokenizer
+    return build_scored_model(config, device).to(device), build_tokenizer(config)
 
 
-def evaluate_preferences(config: Config, model, tokenizer, rows: list[dict],
-                         device: torch.device, log=print) -> dict:
-    """Tokenize the rows like training does and score them (evaluation.metrics)."""
-    from preftune.data import tokenize_rows
-    from preftune.evaluation.metrics import preference_metrics
-    from preftune.fast import build_forward
-    from preftune.method import chooses_objective, resolve_method
-    from preftune.model_io import load_model, parse_dtype
-    from preftune.reference import ModelReference
+def score_rows(config: Config, rows: list[dict], log=print):
+    """``(parts, metrics)``: the rows tokenized like training does and scored by the one
+    scorer (preftune.scoring), on every process of a launch."""
+    from preftune.assemble import assemble_scoring
+    from preftune.evaluation.metrics import summarize
+    from preftune.scoring import score_pairs
 
-    c = config
-    if not chooses_objective(c.method):
-        c.method.method = DEFAULT_METHOD
-        log(f"no --method given: scoring with {DEFAULT_METHOD}'s implicit reward")
-    method = resolve_method(c.method, c.model.ref_model)
-    reference = None
-    forward = build_forward(c, tokenizer, log=log)
-    if method.needs_reference:
-        if not c.model.ref_model:
-            raise ConfigError(
-                f"{method.objective.name}'s implicit reward is measured against a reference "
-                "model: pass --ref_model (the model this one was trained from, e.g. smollm2), "
-                "or --reference_free true to score against a uniform reference")
-        ref = load_model(c.model.ref_model, parse_dtype(c.model.torch_dtype, device),
-                         trust_remote_code=c.model.trust_remote_code).to(device)
-        reference = ModelReference(ref, forward)
-    d = c.data
-    pairs, report = tokenize_rows(rows, tokenizer, max_length=d.max_length,
-                                  max_prompt_length=d.prompt_limit,
-                                  data_format=d.data_format, column_mapping=d.column_mapping,
-                                  skip_bad_rows=d.skip_bad_rows)
-    log("eval data: " + report.summary())
-    metrics = preference_metrics(model, pairs, method, forward, reference,
-                                 batch_size=c.training.per_device_eval_batch_size,
-                                 device=device, progress=c.training.progress_bar)
-    return {"method": method.describe(), **metrics}
+    parts = assemble_scoring(config, rows=rows, log=log)
+    means = score_pairs(parts, parts.eval_pairs, config.training.per_device_eval_batch_size,
+                        progress=config.training.progress_bar)
+    if not means:
+        raise ConfigError("--data: no pair left to score after tokenization (see above)")
+    return parts, {"method": parts.method.describe(), **summarize(means, len(parts.eval_pairs))}
 
 
 def generate_rows(model, tokenizer, items: list[PromptItem], g: GenerationConfig,
@@ -145,27 +125,25 @@ def _conversation(first: list[dict], answers: list[str], later: list[str]) -> li
 
 
 def run(argv: list[str]) -> int:
-    from preftune.data import load_rows
-    from preftune.evaluation.exports import write_exports
-
-    known, g, config = parse_args(argv)
+    known, g, config, notes = parse_args(argv)
     if not known.data and not known.prompts:
         raise ConfigError("nothing to evaluate: give --data (preference metrics, and prompts "
                           "to answer) and/or --prompts")
-    out = Path(known.output_dir)
+    for note in notes:
+        print(note)
     model_id = known.model_id or Path(known.model.rstrip("/")).name
-    device = device_of()
-    model, tokenizer = load_for_eval(config, device)
     result: dict = {"model": known.model, "model_id": model_id}
-    rows: list[dict] = []
+    rows = _held_out_rows(config) if known.data else []
+    main = True
     if known.data:
-        d = config.data
-        # A hub dataset's held-out split: --dataset_test_split test.
-        rows = load_rows(d.dataset_name, d.dataset_test_split or d.dataset_train_split,
-                         d.dataset_config)
-        rows = rows[:d.max_eval_samples] if d.max_eval_samples else rows
+        parts, result["preference"] = score_rows(config, rows)
         result["data"] = known.data
-        result["preference"] = evaluate_preferences(config, model, tokenizer, rows, device)
+        model, tokenizer = parts.accelerator.unwrap_model(parts.model), parts.tokenizer
+        # Every process of a launch scores its share; generation runs on each (the same
+        # answers) and the main process writes.
+        main = parts.accelerator.is_main_process
+    else:
+        model, tokenizer = load_for_eval(config, device_of())
     generations: list[dict] = []
     if g.max_new_tokens > 0:
         items = (read_prompts(known.prompts, g.max_prompts) if known.prompts
@@ -174,21 +152,43 @@ def run(argv: list[str]) -> int:
         generations = generate_rows(model, tokenizer, items, g, model_id,
                                     progress=config.training.progress_bar)
         result["prompts"] = known.prompts or known.data
-        result["generation"] = {"settings": vars(g), "answers": len(generations),
-                                "finished": sum(r["finished"] for r in generations),
-                                "lengths": {"tokens": length_stats([r["num_tokens"] for r in generations]),
-                                            "words": length_stats([r["num_words"] for r in generations])}}
+        result["generation"] = generation_summary(g, generations)
+    if main:
+        write_results(Path(known.output_dir), result, generations, model_id, known.export)
+    return 0
+
+
+def _held_out_rows(config: Config) -> list[dict]:
+    from preftune.data import load_rows
+
+    d = config.data
+    # A hub dataset's held-out split: --dataset_test_split test.
+    rows = load_rows(d.dataset_name, d.dataset_test_split or d.dataset_train_split,
+                     d.dataset_config)
+    return rows[:d.max_eval_samples] if d.max_eval_samples else rows
+
+
+def generation_summary(g: GenerationConfig, generations: list[dict]) -> dict:
+    return {"settings": vars(g), "answers": len(generations),
+            "finished": sum(r["finished"] for r in generations),
+            "lengths": {"tokens": length_stats([r["num_tokens"] for r in generations]),
+                        "words": length_stats([r["num_words"] for r in generations])}}
+
+
+def write_results(out: Path, result: dict, generations: list[dict], model_id: str,
+                  export: str) -> None:
+    from preftune.evaluation.exports import write_exports
+
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(result, indent=2))
     if generations:
         write_jsonl(out / "generations.jsonl", generations)
-        formats = [f.strip() for f in known.export.split(",") if f.strip()]
+        formats = [f.strip() for f in export.split(",") if f.strip()]
         if formats:
             for name, path in write_exports(generations, model_id, out, formats).items():
                 print(f"{name}: {path}")
     print_summary(result)
     print(f"wrote {out / 'eval.json'}")
-    return 0
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:

@@ -76,20 +76,31 @@ class Objective:
 
 
 REGISTRY: dict[str, Objective] = {}
+# The config's own keys, which preftune.config reserves when it loads (this package stays
+# below the config: it never imports it). Each hyperparameter spelling becomes a config
+# key, so it must not already be one.
+RESERVED_KEYS: set[str] = set()
 
 
 def register(objective: Objective) -> Objective:
-    from preftune.config import ALIASES, FIELDS, IGNORED_KEYS
-
     if objective.name in REGISTRY:
         raise ValueError(f"objective {objective.name!r} registered twice")
-    # Each spelling becomes a config key: it must not already be one.
-    taken = [s for h in objective.hyperparameters for s in h.spellings
-             if s in FIELDS or s in ALIASES or s in IGNORED_KEYS or s == "hyperparameters"]
-    if taken:
-        raise ValueError(f"{objective.name}: hyperparameter spellings {taken} are config keys")
+    _check_spellings(objective)
     REGISTRY[objective.name] = objective
     return objective
+
+
+def reserve_keys(keys) -> None:
+    """The config's keys: no objective, registered before or after, may spell one."""
+    RESERVED_KEYS.update(keys)
+    for objective in REGISTRY.values():
+        _check_spellings(objective)
+
+
+def _check_spellings(objective: Objective) -> None:
+    taken = [s for h in objective.hyperparameters for s in h.spellings if s in RESERVED_KEYS]
+    if taken:
+        raise ValueError(f"{objective.name}: hyperparameter spellings {taken} are config keys")
 
 
 def objectives_taking(spelling: str) -> list[str]:

@@ -1,7 +1,8 @@
 """From per-token log-probs to the loss of one micro-batch.
 
 The preference term is a mean over the examples of the *optimizer step* and the NLL term a
-mean over all chosen completion tokens of the optimizer step (REFERENCE.md), so each
+mean over all chosen completion tokens of the optimizer step (TRL's CPOTrainer takes the
+same token mean per batch; here it spans the whole step), so each
 micro-batch contributes ``sum(per-example losses) / examples_in_step`` and
 ``sum(token NLL) / chosen_tokens_in_step``. Summing those over micro-batches (and ranks)
 gives exactly the loss of one large batch: gradient accumulation is then exact.

@@ -1,7 +1,8 @@
 """Objectives that push the reference-relative margin h towards a target instead of through a
 sigmoid: IPO (squared distance to 1/(2 beta)) and hinge (SLiC / RSO).
 
-Rewards are ``beta * (lp - ref)``, reduced as the method reduces (REFERENCE.md).
+Rewards are ``beta * (lp - ref)``, reduced as the method reduces (the DPO-style implicit
+reward, as TRL logs it for these losses).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from preftune.types import ObjectiveTerms, ReducedLogps
 
 def ipo_loss(reduced: ReducedLogps, hparams: Mapping[str, float]) -> ObjectiveTerms:
     """IPO, Azar et al. 2023 (arXiv:2310.12036), Eq. 17: ``(h - 1/(2 beta))^2``, beta being
-    the paper's tau. Registered with the mean reduction (REFERENCE.md: per the IPO paper;
-    TRL also averages log-probs for ``loss_type="ipo"``), which keeps h on the scale of
+    the paper's tau. Registered with the mean reduction (per the IPO paper; TRL also
+    averages log-probs for ``loss_type="ipo"``), which keeps h on the scale of
     1/(2 beta) whatever the completion lengths."""
     beta = positive(hparams, "beta")
     chosen_ratio, rejected_ratio = log_ratios(reduced)

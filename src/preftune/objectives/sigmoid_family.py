@@ -6,8 +6,9 @@ see :mod:`preftune.reduction`): SamPO is DPO's formula on down-sampled sums, Sim
 margin on mean log-probs without a reference. Every one takes ``label_smoothing`` (cDPO):
 ``-(1 - eps) log sigma(z) - eps log sigma(-z)``.
 
-Rewards follow REFERENCE.md: ``beta * (lp - ref)`` for reference methods, ``beta * lp``
-(sum or mean, as reduced) for reference-free ones. They are detached: only metrics read them.
+Rewards are each paper's implicit reward, as TRL logs them: ``beta * (lp - ref)`` for
+reference methods (DPO's), ``beta * lp`` (sum or mean, as reduced) for reference-free ones
+(SimPO's, Eq. 4 of its paper). They are detached: only metrics read them.
 """
 
 from __future__ import annotations
@@ -90,7 +91,8 @@ def simpo_loss(reduced: ReducedLogps, hparams: Mapping[str, float]) -> Objective
 
 
 def margin(default: float) -> HyperParameter:
-    """SimPO's target reward margin, in its three spellings (REFERENCE.md)."""
+    """SimPO's target reward margin gamma (Meng et al. 2024, Eq. 6), in its three spellings:
+    ``gamma``, TRL's ``simpo_gamma``, and the SimPO repository's ``gamma_beta_ratio``."""
     return HyperParameter(
         "gamma", default, "margin gamma between the chosen and rejected rewards (TRL's "
         "simpo_gamma; gamma_beta_ratio x beta in the SimPO repository)", NON_NEGATIVE,

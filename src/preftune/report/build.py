@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -77,6 +78,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, help="HTML file (default RUN_DIR/report.html; "
                         "report.html here for several runs)")
     args = parser.parse_args(argv)
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ConfigError("preftune report draws its plots with matplotlib, which is not "
+                          "installed: pip install 'preftune[report]' (or matplotlib)")
     path = write_report(args.runs, args.out)
     print(f"report written to {path}")
     return 0
