@@ -241,20 +241,20 @@ def test_a_write_failing_on_one_rank_stops_every_rank(tmp_path):
     src = Path(__file__).resolve().parents[1] / "src"
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])}
+    run = tmp_path / "run"
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         "--master_port", str(free_port()), __file__, str(tmp_path)],
+         "--master_port", str(free_port()), __file__, str(run)],
         env=env, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     for rank in (0, 1):
-        line = next(line for line in result.stdout.splitlines()
-                    if line.startswith(f"rank {rank}: "))
-        assert line.startswith(f"rank {rank}: exit 4: could not write "
-                               f"{tmp_path / 'checkpoint-2'}: process 1: RuntimeError: "
-                               "[enforce fail at inline_container.cc:"), line
+        # A file per rank: two processes printing to one pipe can interleave their lines.
+        line = (tmp_path / f"rank-{rank}.txt").read_text()
+        assert line.startswith(f"exit 4: could not write {run / 'checkpoint-2'}: process 1: "
+                               "RuntimeError: [enforce fail at inline_container.cc:"), line
         assert line.endswith("checkpoint-1 is intact; free space and run again with --resume")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1"]
-    assert verify_checkpoint(tmp_path / "checkpoint-1") is None
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint-1"]
+    assert verify_checkpoint(run / "checkpoint-1") is None
 
 
 def rank_main(output_dir: Path) -> None:
@@ -271,7 +271,14 @@ def rank_main(output_dir: Path) -> None:
         with file_size_limit(1024) if rank == 1 else nullcontext():
             save_checkpoint(accelerator, output_dir, 2, {"step": 2})
     except CheckpointWriteFailed as stopped:
-        print(f"rank {rank}: exit {stopped.exit_code}: {stopped}", flush=True)
+        (output_dir.parent / f"rank-{rank}.txt").write_text(f"exit {stopped.exit_code}: "
+                                                            f"{stopped}")
+    accelerator.wait_for_everyone()
+    torch.distributed.destroy_process_group()
+    # Past this point only teardown is left, where gloo's threads now and then abort the
+    # process ("terminate called without an active exception", 1 exit in ~20 here): what
+    # this test checks is written above.
+    os._exit(0)
 
 
 if __name__ == "__main__":
