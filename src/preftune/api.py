@@ -179,10 +179,9 @@ def ready_model(config: Config, model, peft_config=None):
     m = config.model
     if config.training.disable_dropout:
         disable_dropout_in(model)
-    if m.gradient_checkpointing:
-        model.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs=m.gradient_checkpointing_kwargs or {"use_reentrant": False})
-        model.config.use_cache = False
+    from preftune.setup import enable_checkpointing
+
+    enable_checkpointing(model, m)
     if peft_config is None:
         return model
     if is_peft_model(model):
@@ -288,15 +287,11 @@ def tokenize(rows: list[dict], tokenizer, config: Config, method, what: str,
              log: Callable[[str], None]) -> list:
     """Rows -> pairs as the config's files become pairs (the same options as training)."""
     from preftune.data import tokenize_rows
+    from preftune.setup import tokenize_options
 
     if not rows:
         return []
-    d = config.data
-    pairs, report = tokenize_rows(rows, tokenizer, max_length=d.max_length,
-                                  max_prompt_length=d.prompt_limit, data_format=d.data_format,
-                                  column_mapping=d.column_mapping,
-                                  skip_bad_rows=d.skip_bad_rows,
-                                  unpaired=not method.objective.paired)
+    pairs, report = tokenize_rows(rows, tokenizer, **tokenize_options(config, method))
     log(f"{what} data: " + report.summary())
     return pairs
 

@@ -70,6 +70,12 @@ def build_model(config: Config, accelerator):
                        attn_implementation=m.attn_implementation,
                        disable_dropout=config.training.disable_dropout,
                        load_in_4bit=m.load_in_4bit)
+    return enable_checkpointing(model, m)
+
+
+def enable_checkpointing(model, m):
+    """Gradient checkpointing as ``ModelConfig`` asks (non-reentrant unless told), with
+    the generation cache off, which checkpointing cannot use."""
     if m.gradient_checkpointing:
         model.gradient_checkpointing_enable(
             gradient_checkpointing_kwargs=m.gradient_checkpointing_kwargs or {"use_reentrant": False})
