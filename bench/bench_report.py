@@ -6,7 +6,7 @@ import math
 import time
 from pathlib import Path
 
-from preftune.fast.chunked_logps import auto_chunk_size
+from preftune.forward.fast.chunked_logps import auto_chunk_size
 
 NAMES = {"padded": "preftune, padded forward", "fast": "preftune, fast forward",
          "fast-flex": "preftune, fast forward, FlexAttention",
@@ -81,12 +81,12 @@ def write_report(path: Path, *, command: str, machine: str, matmul_rates: list, 
         + ("`torch.cuda.max_memory_allocated`" if block == "gpu" else
            "the process's peak resident memory") + ".",
         "",
-        "The fast forward (`src/preftune/fast/`, on by default; `--chunked_logps`, "
+        "The fast forward (`src/preftune/forward/fast/`, on by default; `--chunked_logps`, "
         "`--prefix_sharing`, `--packing` switch its parts off) returns the padded path's "
-        "numbers: tests/fast checks per-token log-probs, SimPO/DPO losses and every parameter "
+        "numbers: tests/forward/fast checks per-token log-probs, SimPO/DPO losses and every parameter "
         "gradient against it, in float64 on tiny models and in float32 on SmolLM2 (no "
         "farther from a float64 run than 4x the padded path), and under bf16 autocast, bf16 "
-        "weights, gradient checkpointing and LoRA (tests/fast/test_fast_settings.py).",
+        "weights, gradient checkpointing and LoRA (tests/forward/fast/test_fast_settings.py).",
         "",
         f"Chunked head: the default chunk, {auto_chunk_size(49152)} tokens at SmolLM2's "
         "49,152 vocabulary.",

@@ -34,8 +34,8 @@ FULL_LR, LORA_LR = "1e-5", "3e-4"  # LoRA's usual ~10-30x higher rate
 def worker(method: str, lora: bool, steps: int) -> dict:
     from preftune.config import load_config
     from preftune.demo.run import DATA
-    from preftune.metrics import read_jsonl
-    from preftune.trainer import Trainer
+    from preftune.train.metrics import read_jsonl
+    from preftune.train.trainer import Trainer
 
     out = tempfile.mkdtemp()
     args = ["--model_name_or_path", "smollm2", "--dataset_name", str(DATA / "train.jsonl"),

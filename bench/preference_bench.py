@@ -23,7 +23,7 @@ an empty completion and a NaN loss), so the rows are the first ones of the file 
 untruncated: neither trainer truncates anything and both see the same tokens. The first
 step of each run is warm-up and is not timed.
 
-Tokens/step counts the prompt once per completion, no padding (preftune.trainer.
+Tokens/step counts the prompt once per completion, no padding (preftune.train.trainer.
 count_tokens): the same number for every implementation. "Useful" FLOP/s is
 (6 + 2 if a reference pass) x parameters x tokens / step time, the work a plain trainer
 does (attention score FLOPs ignored); its fraction of a measured big fp32 matmul rate
@@ -138,11 +138,11 @@ class PeakMemory:
 
 
 def preftune_run(args, tokenizer, rows) -> dict:
-    from preftune.batching import BatchPlan
+    from preftune.batching.plan import BatchPlan
     from preftune.config import load_config
     from preftune.data import tokenize_rows
-    from preftune.metrics import MetricWindow, total_loss
-    from preftune.trainer import Trainer, count_tokens
+    from preftune.train.metrics import MetricWindow, total_loss
+    from preftune.train.trainer import Trainer, count_tokens
 
     data = DATASETS[args.data]
     pairs, _ = tokenize_rows(rows, tokenizer, max_length=data.max_length,
@@ -191,8 +191,8 @@ def trl_run(args, tokenizer, rows) -> dict:
     from transformers import TrainerCallback
 
     from preftune.config import MethodConfig
-    from preftune.method import resolve_method
     from preftune.model_io import bundled_smollm2
+    from preftune.objectives.method import resolve_method
 
     kind, extra = TRL_METHODS[args.method]
     hparams = resolve_method(MethodConfig(method=args.method)).hparams

@@ -47,12 +47,12 @@ RUNS = [("padded", "frozen"), ("fast", "frozen"), ("padded", "trained"), ("fast"
 def worker(impl: str, embedding: str, vocab: int, batch: int) -> dict:
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from preftune.batching import BatchPlan
+    from preftune.batching.plan import BatchPlan
     from preftune.config import load_config
     from preftune.data import tokenize_rows
-    from preftune.metrics import MetricWindow
     from preftune.model_io import bundled_smollm2, load_tokenizer
-    from preftune.trainer import Trainer
+    from preftune.train.metrics import MetricWindow
+    from preftune.train.trainer import Trainer
 
     tokenizer = load_tokenizer("smollm2")
     pairs, _ = tokenize_rows(bench_rows(tokenizer, batch), tokenizer, max_length=512,
@@ -127,7 +127,7 @@ def main() -> None:
                 out.write_text(done.stdout.strip().splitlines()[-1])
             results.append(json.loads(out.read_text()))
             print(results[-1], flush=True)
-    from preftune.fast.chunked_logps import CHUNK_ELEMENTS, auto_chunk_size
+    from preftune.forward.fast.chunked_logps import CHUNK_ELEMENTS, auto_chunk_size
 
     section = "\n".join([
         "## Peak memory by vocabulary size", "",

@@ -184,8 +184,8 @@ def train_one(name: str, data_file: Path, out: Path, args, start: str = "smollm2
               steps: int | None = None, learning_rate: float | None = None
               ) -> tuple[object, dict]:
     from preftune.config import load_config
-    from preftune.metrics import read_jsonl
-    from preftune.trainer import Trainer
+    from preftune.train.metrics import read_jsonl
+    from preftune.train.trainer import Trainer
 
     steps = steps or args.steps
     learning_rate = learning_rate or args.learning_rate

@@ -111,7 +111,7 @@ def final_weights(output_dir: Path) -> dict:
 
 
 def losses(output_dir: Path) -> list[tuple[int, float]]:
-    from preftune.metrics import read_jsonl
+    from preftune.train.metrics import read_jsonl
 
     return [(r["step"], r["loss"]) for r in read_jsonl(output_dir / "metrics.jsonl")
             if "loss" in r]

@@ -42,7 +42,7 @@ from torch.distributed.tensor import DTensor  # noqa: E402
 from tiny import random_pairs, tiny_llama  # noqa: E402
 from preftune.config import load_config  # noqa: E402
 from preftune.model_io import load_tokenizer  # noqa: E402
-from preftune.trainer import Trainer  # noqa: E402
+from preftune.train.trainer import Trainer  # noqa: E402
 
 # The options test_trainer.make_trainer uses.
 BASE_ARGS = ["--learning_rate", "1e-3", "--warmup_ratio", "0", "--logging_steps", "1",

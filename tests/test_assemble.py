@@ -12,10 +12,10 @@ from trainer_helpers import BASE_ARGS, make_trainer
 from preftune.assemble import RunParts, assemble
 from preftune.config import load_config
 from preftune.evaluation.metrics import preference_metrics
-from preftune.metrics import MetricWindow
-from preftune.reference import ModelReference
-from preftune.scoring import rank_batches
-from preftune.trainer import Trainer
+from preftune.reference.build import ModelReference
+from preftune.train.metrics import MetricWindow
+from preftune.train.scoring import rank_batches
+from preftune.train.trainer import Trainer
 
 DEMO_TRAIN = ROOT / "src" / "preftune" / "demo" / "train.jsonl"
 
@@ -89,7 +89,7 @@ def test_a_checkpoint_is_a_model_folder(tmp_path, tokenizer):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from preftune.checkpoint import MANIFEST_FILE, verify_checkpoint
+    from preftune.train.checkpoint import MANIFEST_FILE, verify_checkpoint
 
     trainer = make_trainer(tmp_path, tokenizer, "--max_steps", "1")
     trainer.train_step(MetricWindow())

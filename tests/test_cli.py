@@ -8,8 +8,8 @@ import pytest
 from shared_paths import HH_RLHF, ROOT, require
 from preftune.cli import main
 from preftune.config import ConfigError, load_config
-from preftune.method import resolve_method
 from preftune.objectives import REGISTRY
+from preftune.objectives.method import resolve_method
 
 # Installed with the package; `recipes/` in a checkout points here.
 RECIPE_DIR = ROOT / "src" / "preftune" / "recipes"
@@ -76,7 +76,7 @@ def test_bad_row_exits_naming_row_and_field(tmp_path, capsys):
 def test_hh_rlhf_at_256_tokens_has_only_finite_losses(tmp_path, tokenizer):
     """TRL's CPO trainer logs NaN here from the first step (empty completions after
     truncation); preftune cuts prompts first and drops rows that cannot fit."""
-    from preftune.trainer import Trainer
+    from preftune.train.trainer import Trainer
     from tiny import tiny_llama
 
     config = load_config(None, [

@@ -1,7 +1,7 @@
 import pytest
 
 from preftune.config import ConfigError, build_config, load_config, parse_overrides
-from preftune.method import resolve_method
+from preftune.objectives.method import resolve_method
 
 FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures"
 
@@ -215,7 +215,7 @@ def test_a_null_hyperparameter_is_unset():
 
 
 def test_resume_compares_hyperparameters_one_by_one():
-    from preftune.resume import run_differences
+    from preftune.train.resume import run_differences
 
     def state(**given):
         return {"config": {"method": {"method": "simpo", "hyperparameters": given}}}

@@ -43,8 +43,8 @@ from distributed_worker import BASE_ARGS
 from float64_bounds import assert_no_farther_from_float64, max_diff, ulps_floor
 from tiny import random_pairs, tiny_llama
 from preftune.config import load_config
-from preftune.metrics import read_jsonl
-from preftune.trainer import Trainer
+from preftune.train.metrics import read_jsonl
+from preftune.train.trainer import Trainer
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 ROOT = WORKER.parents[1]

@@ -6,9 +6,9 @@ import torch
 pytest.importorskip("peft")
 
 from tiny import random_pairs, tiny_llama  # noqa: E402
-from preftune.metrics import read_jsonl  # noqa: E402
-from preftune.reference import AdapterReference  # noqa: E402
-from test_trainer import make_trainer  # noqa: E402
+from preftune.reference.build import AdapterReference  # noqa: E402
+from preftune.train.metrics import read_jsonl  # noqa: E402
+from trainer_helpers import plain_trainer as make_trainer  # noqa: E402
 
 
 def test_lora_dpo_uses_the_adapter_free_base_as_reference(tmp_path, tokenizer):

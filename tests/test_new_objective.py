@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from crash_helpers import tiny_run_files
 from preftune.cli import main
 from preftune.config import load_config
-from preftune.interval import POSITIVE
-from preftune.metrics import read_jsonl
 from preftune.objectives import REGISTRY, HyperParameter, Objective, register
+from preftune.objectives.interval import POSITIVE
+from preftune.train.metrics import read_jsonl
 from preftune.types import ObjectiveTerms, ReducedLogps
 
 SEEN: list[float] = []

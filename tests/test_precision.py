@@ -11,8 +11,8 @@ import torch
 
 from tiny import random_pairs, tiny_llama
 from preftune.config import load_config
-from preftune.optim import MasterWeightAdamW, build_optimizer
-from preftune.trainer import Trainer
+from preftune.train.optim import MasterWeightAdamW, build_optimizer
+from preftune.train.trainer import Trainer
 
 
 @pytest.fixture(autouse=True)

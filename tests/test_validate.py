@@ -202,7 +202,7 @@ def test_lora_target_modules_the_model_lacks_are_a_config_error(tmp_path, tokeni
     """Known only once the model is loaded: refused then, naming the key, not a traceback."""
     pytest.importorskip("peft")
     from tiny import random_pairs, tiny_llama
-    from preftune.trainer import Trainer
+    from preftune.train.trainer import Trainer
 
     config = load_config(None, ["--method", "simpo", "--use_peft", "true",
                                 "--lora_target_modules", "[attention_block]",

@@ -6,7 +6,7 @@ import torch
 
 from tiny import random_pairs, tiny_llama
 from preftune.config import load_config
-from preftune.trainer import Trainer
+from preftune.train.trainer import Trainer
 
 BASE_ARGS = ["--learning_rate", "1e-3", "--warmup_ratio", "0.5", "--logging_steps", "1",
              "--progress_bar", "false", "--seed", "7", "--method", "cpo-simpo",
@@ -18,6 +18,16 @@ def make_trainer(output_dir, tokenizer, *args, pairs=None, model=None, log=None)
     return Trainer(config, model=model if model is not None else tiny_llama(vocab_size=1000),
                    tokenizer=tokenizer, train_pairs=pairs or random_pairs(24, vocab=1000),
                    log=log or (lambda *_: None))
+
+
+def plain_trainer(tmp_path, tokenizer, *args, pairs=None, eval_pairs=None, model=None, name="run"):
+    """A Trainer with the config's own defaults but for a fast, quiet, seeded run."""
+    config = load_config(None, ["--output_dir", str(tmp_path / name), "--learning_rate", "1e-3",
+                                "--warmup_ratio", "0", "--logging_steps", "1",
+                                "--progress_bar", "false", "--seed", "7", *args])
+    return Trainer(config, model=model if model is not None else tiny_llama(vocab_size=1000),
+                   tokenizer=tokenizer, train_pairs=pairs or random_pairs(24, vocab=1000),
+                   eval_pairs=eval_pairs, log=lambda *_: None)
 
 
 def snapshot(trainer) -> dict:

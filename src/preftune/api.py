@@ -133,7 +133,7 @@ def prepare(config, *, model=None, tokenizer=None, train_dataset=None, eval_data
 def build_trainer(run: PreparedRun, log: Optional[Callable[[str], None]] = None):
     """preftune's Trainer over the prepared parts (claims ``output_dir``, builds the
     optimizer, schedule and reference)."""
-    from preftune.trainer import Trainer
+    from preftune.train.trainer import Trainer
 
     replace_foreign_accelerate_state()
     return Trainer(run.config, model=run.model, tokenizer=run.tokenizer,

@@ -5,7 +5,7 @@ parts that the loop, the scorer and ``preftune eval`` work with.
     parts = assemble(config, model=m, tokenizer=t, train_pairs=p)   # some parts handed in
     scoring = assemble_scoring(config, rows=held_out)            # preftune eval
 
-:class:`preftune.trainer.Trainer` runs the training loop over a :class:`RunParts`; the
+:class:`preftune.train.trainer.Trainer` runs the training loop over a :class:`RunParts`; the
 held-out scorer (scoring.py) takes either kind. The steps run in the order written, and
 the order matters: the config is checked before anything loads, the output folder is
 locked before anything loads, the seed is set before the model (LoRA adapters draw from
@@ -23,19 +23,20 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from preftune import distributed, setup, trackers
-from preftune.batching import BatchPlan
+from preftune import distributed, setup
+from preftune.batching.plan import BatchPlan
 from preftune.config import Config, TrainingConfig
 from preftune.errors import ConfigError
-from preftune.fast import build_forward
-from preftune.fast.grouping import LengthGroupedPlan
-from preftune.method import ResolvedMethod
+from preftune.forward.fast import build_forward
+from preftune.forward.fast.grouping import LengthGroupedPlan
 from preftune.model_io import is_peft_model
-from preftune.optim import build_optimizer
-from preftune.reference import build_reference, needs_policy_copy
+from preftune.objectives.method import ResolvedMethod
+from preftune.reference.build import build_reference, needs_policy_copy
 from preftune.runfolder import RunLock
-from preftune.saving import SavePolicy
-from preftune.scoring import ScoringParts
+from preftune.train import trackers
+from preftune.train.optim import build_optimizer
+from preftune.train.saving import SavePolicy
+from preftune.train.scoring import ScoringParts
 from preftune.types import TokenizedPair
 from preftune.validation import validate
 

@@ -70,10 +70,10 @@ def cmd_train(argv: list[str]) -> int:
     from preftune.preflight import offline_when_local
 
     offline_when_local(config)  # before transformers is imported
-    from preftune.trainer import Trainer
+    from preftune.train.trainer import Trainer
 
     if config.training.rounds > 1:
-        from preftune.rounds import train_rounds
+        from preftune.train.rounds import train_rounds
 
         train_rounds(config)
         print(f"saved to {config.training.output_dir} (one folder per round inside)")

@@ -40,7 +40,7 @@ class ModelConfig:
     torch_dtype: Optional[str] = "auto"
     """Weights' dtype. auto/null: float32 (master weights; ``bf16`` runs the matmuls in bf16
     under autocast). bfloat16 halves the weights' memory; AdamW then updates float32 master
-    copies of the trainable weights (preftune.optim), so small updates still land. float16
+    copies of the trainable weights (preftune.train.optim), so small updates still land. float16
     weights are refused for training, except as the frozen base of LoRA adapters."""
     attn_implementation: Optional[str] = None
     """Attention kernel of the model (eager, sdpa, flex_attention, flash_attention_2 ...);
@@ -219,7 +219,7 @@ class TrainingConfig:
     """Resume although settings changed; the new values take effect and are recorded."""
     max_consecutive_nonfinite: int = 5
     """A step with a non-finite loss or gradient is skipped (weights and optimizer state
-    untouched); this many in a row stop the run, keeping the last good state (guard.py)."""
+    untouched); this many in a row stop the run, keeping the last good state (train/guard.py)."""
     max_nonfinite_fraction: float = 0.1
     """The run also stops once more than this share of its steps was skipped (at least one
     skipped step is always allowed)."""
@@ -240,7 +240,7 @@ class TrainingConfig:
     """Hub repository for ``push_to_hub``; default: the output folder's name."""
     progress_bar: bool = True
     """Show a progress bar with loss, margin, accuracy and tokens/s."""
-    # The forward station (preftune/fast/): each switch alone keeps results equal to the
+    # The forward station (preftune/forward/fast/): each switch alone keeps results equal to the
     # plain padded, full-logits path; all three off is that path.
     chunked_logps: bool = True
     """Apply the output head only where completion tokens are scored, in chunks, with
@@ -447,7 +447,7 @@ def build_config(values: dict, where: str = "config") -> Config:
     """Keys to a :class:`Config`: section fields, their other spellings (``ALIASES``), the
     hyperparameters some registered objective declares (name or alias, into
     ``method.hyperparameters``; which objective takes them is checked by
-    ``preftune.method``), and the ignored keys."""
+    ``preftune.objectives.method``), and the ignored keys."""
     config = Config()
     for raw_key, value in flatten(values, where).items():
         key = ALIASES.get(raw_key, raw_key)

@@ -23,7 +23,7 @@ per backend is here:
   clipping come from the preftune config. The reference goes through
   ``deepspeed.initialize`` (ZeRO-3 partitions it; other stages get stage 0, i.e. only
   DeepSpeed's dtype handling), as TRL does. Under ZeRO-3 the chunked head runs as the
-  head module's forward (``preftune.fast.forward.head_logps``), so DeepSpeed's module hooks
+  head module's forward (``preftune.forward.fast.forward.head_logps``), so DeepSpeed's module hooks
   gather the partitioned head weight for it in forward and backward.
 """
 

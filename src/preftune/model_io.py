@@ -65,7 +65,7 @@ def parse_dtype(name: Optional[str], device: torch.device) -> torch.dtype:
     """The dtype weights are loaded in. ``auto`` and None are float32 on every device, as in
     TRL and the SimPO repositories: float32 master weights, with the matmuls in bf16 under
     autocast where ``bf16`` is on. (bf16 weights need master copies to keep small updates:
-    preftune.optim.) ``device`` is accepted for callers that pass it; it changes nothing."""
+    preftune.train.optim.) ``device`` is accepted for callers that pass it; it changes nothing."""
     if name in (None, "auto"):
         return torch.float32
     if name not in DTYPES:

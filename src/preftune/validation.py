@@ -19,14 +19,14 @@ from typing import Optional
 from preftune.config import Config, DataConfig, ModelConfig, TrainingConfig
 from preftune.data.formats import FORMATS, TARGETS
 from preftune.errors import ConfigError
-from preftune.fast.forward import ATTENTION_CHOICES as FAST_ATTENTION
-from preftune.interval import (AT_LEAST_ONE, BELOW_ONE, NON_NEGATIVE, POSITIVE, UNIT,
-                               Interval)
-from preftune.method import ResolvedMethod, resolve_method
+from preftune.forward.fast.forward import ATTENTION_CHOICES as FAST_ATTENTION
 from preftune.model_io import DTYPES as MODEL_DTYPES
-from preftune.optim import (ADAMW, FLOAT16_WEIGHTS, OPTIMIZERS, low_precision_refusal,
-                            optimizer_problem)
-from preftune.saving import STRATEGIES
+from preftune.objectives.interval import (AT_LEAST_ONE, BELOW_ONE, NON_NEGATIVE, POSITIVE, UNIT,
+                                          Interval)
+from preftune.objectives.method import ResolvedMethod, resolve_method
+from preftune.train.optim import (ADAMW, FLOAT16_WEIGHTS, OPTIMIZERS, low_precision_refusal,
+                                  optimizer_problem)
+from preftune.train.saving import STRATEGIES
 
 # transformers' schedules that run with the warmup and step count alone.
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
@@ -104,7 +104,7 @@ def check_value(key: str, value) -> None:
 
 
 def _check_training(t: TrainingConfig) -> None:
-    from preftune.trackers import parse_report_to
+    from preftune.train.trackers import parse_report_to
 
     if t.max_steps == 0 or t.max_steps < -1:
         raise ConfigError(f"max_steps must be -1 (train num_train_epochs) or >= 1, got "

@@ -135,10 +135,10 @@ def tiny_step():
     """Forward (the trainer's default station) and CPO-SimPO's loss on a tiny random Llama
     over SmolLM2's vocabulary."""
     from preftune.config import Config
-    from preftune.fast import build_forward
-    from preftune.method import resolve_method
-    from preftune.objectives import compute_objective, step_loss
     from preftune.config import MethodConfig
+    from preftune.forward.fast import build_forward
+    from preftune.objectives import compute_objective, step_loss
+    from preftune.objectives.method import resolve_method
     from tiny import tiny_llama
 
     model = tiny_llama(vocab_size=49152, layers=1, hidden=32)

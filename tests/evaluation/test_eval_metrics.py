@@ -8,10 +8,10 @@ import torch
 from tiny import random_pairs, tiny_llama
 from preftune.config import MethodConfig, load_config
 from preftune.evaluation.metrics import preference_metrics
-from preftune.fast import build_forward
-from preftune.forward import PaddedForward
-from preftune.method import resolve_method
-from preftune.reference import ModelReference
+from preftune.forward.fast import build_forward
+from preftune.forward.logps import PaddedForward
+from preftune.objectives.method import resolve_method
+from preftune.reference.build import ModelReference
 
 
 def naive_logps(model, prompt, completion):

@@ -13,9 +13,9 @@ import torch
 from fast_parity import run
 from test_fast_settings import assert_bf16_as_close
 from tiny import random_pairs
-from preftune.fast import FastForward, flex
-from preftune.forward import PaddedForward
-from preftune.optim import MasterWeightAdamW
+from preftune.forward.fast import FastForward, flex
+from preftune.forward.logps import PaddedForward
+from preftune.train.optim import MasterWeightAdamW
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CUDA = torch.device("cuda")

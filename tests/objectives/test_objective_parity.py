@@ -12,8 +12,8 @@ import torch
 
 from naive_objectives import PlainBatch, finite_difference, naive_step_loss, naive_terms
 from objective_fixtures import grads_or_zeros, random_batch, with_grad
+from preftune.forward.reduction import sampo_keep_masks
 from preftune.objectives import REGISTRY, compute_objective, example_metrics, get_objective, step_loss
-from preftune.reduction import sampo_keep_masks
 
 SEED, STEP = 3, 5
 

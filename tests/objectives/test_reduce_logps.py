@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from objective_fixtures import padded, sequence_logps
-from preftune.reduction import reduce_logps, sampo_keep_masks
+from preftune.forward.reduction import reduce_logps, sampo_keep_masks
 from preftune.types import SequenceLogps
 
 

@@ -114,8 +114,8 @@ def test_two_runs_on_one_page_through_the_cli(tmp_path, capsys):
 def test_report_of_a_real_tiny_run(tmp_path, tokenizer):
     from tiny import random_pairs, tiny_llama
     from preftune.config import load_config
-    from preftune.metrics import read_jsonl
-    from preftune.trainer import Trainer
+    from preftune.train.metrics import read_jsonl
+    from preftune.train.trainer import Trainer
 
     out = tmp_path / "tiny"
     config = load_config(None, [

@@ -12,7 +12,7 @@ on-policy preference. With ``--fallback true`` (the default) an always-wrong que
 still yields a pair: the task's reference answer as chosen against the model's own wrong
 sample, since a small model that rarely lands a correct answer would otherwise give too few
 pairs; the report counts both kinds. Training is the demo's SimPO setting through
-``preftune.trainer.Trainer``; held-out task accuracy (greedy, checked) is measured before
+``preftune.train.trainer.Trainer``; held-out task accuracy (greedy, checked) is measured before
 and after. Writes OUTPUT_DIR/pairs.jsonl, onpolicy.json and onpolicy.md.
 """
 
@@ -26,13 +26,13 @@ from pathlib import Path
 
 from preftune.demo.accuracy import task_accuracy
 from preftune.demo.run import DATA, DEFAULTS
-from preftune.metrics import read_jsonl
 from preftune.demo.task import (CONVERT_ANSWER, TIMES_ANSWER, check, question_records,
                                 split_items)
 from preftune.evaluation.generate import generate
 from preftune.evaluation.judges import ProgramJudge
 from preftune.evaluation.pairs import (SIMPO_NUM_SAMPLES, SIMPO_TEMPERATURE, SIMPO_TOP_P,
                                        build_pairs, pair_row, score_samples)
+from preftune.train.metrics import read_jsonl
 
 
 def training_questions(n: int, seed: int = 0) -> list[dict]:
@@ -85,7 +85,7 @@ def report_markdown(result: dict, held_out: list[dict], replies: list[str]) -> s
 def main(argv=None) -> int:
     from preftune.config import load_config
     from preftune.model_io import load_model, load_tokenizer
-    from preftune.trainer import Trainer
+    from preftune.train.trainer import Trainer
 
     args = parse_args(argv)
     out = Path(args.output_dir)

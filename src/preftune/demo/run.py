@@ -20,7 +20,7 @@ import torch
 from preftune.config import load_config
 from preftune.demo.accuracy import task_accuracy
 from preftune.demo.task import pair_for, question_records, split_items
-from preftune.metrics import read_jsonl
+from preftune.train.metrics import read_jsonl
 
 DATA = Path(__file__).parent
 # Chosen on this task by sweeps on a 2-core CPU (see the README's demo section).
@@ -46,7 +46,7 @@ def held_out_pairs(seed: int = 1) -> list[dict]:
 def main(argv: list[str]) -> int:
     from preftune.data import tokenize_rows
     from preftune.setup import build_tokenizer
-    from preftune.trainer import Trainer
+    from preftune.train.trainer import Trainer
 
     torch.manual_seed(0)
     config = load_config(None, DEFAULTS + list(argv))

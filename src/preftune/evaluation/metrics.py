@@ -2,7 +2,7 @@
 
 Reward accuracy (the share of pairs whose chosen completion gets the higher implicit
 reward), the mean reward margin, and the token-mean NLL of the chosen completions. The
-numbers come from the one scorer (preftune.scoring.score_pairs) that training's
+numbers come from the one scorer (preftune.train.scoring.score_pairs) that training's
 evaluation uses too, so they match the training log's ``eval_*`` metrics for the same
 pairs: the same forward station, reduction and objective.
 """
@@ -15,8 +15,8 @@ import torch
 
 from preftune.config import Config, TrainingConfig
 from preftune.distributed import OneProcess
-from preftune.method import ResolvedMethod
-from preftune.scoring import ScoringParts, score_pairs
+from preftune.objectives.method import ResolvedMethod
+from preftune.train.scoring import ScoringParts, score_pairs
 from preftune.types import TokenizedPair
 
 # The summary's names for the scorer's metrics (TRL's names).
@@ -46,7 +46,7 @@ def preference_metrics(model, pairs: Sequence[TokenizedPair], method: ResolvedMe
                        progress: bool = False) -> dict:
     """The metrics of a model outside a run (a notebook, a test): one process on
     ``device`` (default: the model's), no autocast. ``reference`` is a reference source
-    ``(pairs, device) -> SequenceLogps`` (preftune.reference); required when the method
+    ``(pairs, device) -> SequenceLogps`` (preftune.reference.build); required when the method
     needs one and is not reference-free. ``preftune eval`` assembles its parts instead
     (assemble.assemble_scoring), for LoRA, cached and multi-process scoring."""
     check_scorable(method, reference)

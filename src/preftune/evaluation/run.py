@@ -67,10 +67,10 @@ def load_for_eval(config: Config, device: torch.device):
 
 def score_rows(config: Config, rows: list[dict], log=print):
     """``(parts, metrics)``: the rows tokenized like training does and scored by the one
-    scorer (preftune.scoring), on every process of a launch."""
+    scorer (preftune.train.scoring), on every process of a launch."""
     from preftune.assemble import assemble_scoring
     from preftune.evaluation.metrics import summarize
-    from preftune.scoring import score_pairs
+    from preftune.train.scoring import score_pairs
 
     parts = assemble_scoring(config, rows=rows, log=log)
     means = score_pairs(parts, parts.eval_pairs, config.training.per_device_eval_batch_size,

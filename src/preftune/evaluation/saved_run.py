@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Optional
 
 from preftune.config import RUN_CONFIG_FILE, Config, build_config, load_config
-from preftune.method import chooses_objective, resolve_method
 from preftune.model_io import ADAPTER_CONFIG
+from preftune.objectives.method import chooses_objective, resolve_method
 
 DEFAULT_METHOD = "simpo"
 # The run's settings an evaluation takes over (the model to score is MODEL itself, and its

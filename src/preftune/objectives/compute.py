@@ -15,8 +15,8 @@ from typing import Mapping, Optional, Sequence
 
 import torch
 
+from preftune.forward.reduction import reduce_logps
 from preftune.objectives.base import Objective
-from preftune.reduction import reduce_logps
 from preftune.types import ObjectiveTerms, ReducedLogps, SequenceLogps
 
 

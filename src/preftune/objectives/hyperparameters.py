@@ -3,7 +3,7 @@ the spellings other tools give it.
 
 An objective lists its hyperparameters once, next to its formula. The config accepts any
 spelling some registered objective declares as a key of its own (``--beta``,
-``--simpo_gamma``), ``preftune.method`` checks the values against the chosen objective's
+``--simpo_gamma``), ``preftune.objectives.method`` checks the values against the chosen objective's
 declarations, and ``preftune methods``, ``preftune train --help`` and docs/config.md print
 them. A new hyperparameter is therefore one declaration in its objective's file.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from preftune.errors import ConfigError
-from preftune.interval import ANY, POSITIVE, Interval
+from preftune.objectives.interval import ANY, POSITIVE, Interval
 
 
 @dataclass(frozen=True)

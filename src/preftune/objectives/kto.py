@@ -18,7 +18,7 @@ import torch
 from preftune.objectives.base import Objective, register
 from preftune.objectives.common import log_ratios
 from preftune.objectives.hyperparameters import HyperParameter, beta
-from preftune.interval import NON_NEGATIVE
+from preftune.objectives.interval import NON_NEGATIVE
 from preftune.types import ObjectiveTerms, ReducedLogps
 
 

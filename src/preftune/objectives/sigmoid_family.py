@@ -2,7 +2,7 @@
 SimPO and CPO-SimPO.
 
 They differ only in z and in how per-token log-probs were reduced (a separate station,
-see :mod:`preftune.reduction`): SamPO is DPO's formula on down-sampled sums, SimPO is a
+see :mod:`preftune.forward.reduction`): SamPO is DPO's formula on down-sampled sums, SimPO is a
 margin on mean log-probs without a reference. Every one takes ``label_smoothing`` (cDPO):
 ``-(1 - eps) log sigma(z) - eps log sigma(-z)``.
 
@@ -18,7 +18,7 @@ from typing import Mapping
 from preftune.objectives.base import Objective, register
 from preftune.objectives.common import log_ratios, positive, smoothed_sigmoid_loss
 from preftune.objectives.hyperparameters import LABEL_SMOOTHING, HyperParameter, beta
-from preftune.interval import NON_NEGATIVE
+from preftune.objectives.interval import NON_NEGATIVE
 from preftune.types import ObjectiveTerms, ReducedLogps
 
 

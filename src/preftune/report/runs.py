@@ -17,8 +17,8 @@ from typing import Optional
 
 import yaml
 
-from preftune.checkpoint import STATE_FILE, latest_checkpoint
 from preftune.errors import ConfigError
+from preftune.train.checkpoint import STATE_FILE, latest_checkpoint
 
 # JsonlLog writes non-finite floats as these strings (JSON has no NaN).
 NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}

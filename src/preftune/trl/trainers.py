@@ -177,7 +177,7 @@ def refuse_arguments(where: str, given: dict) -> None:
 def read_history(path: Path) -> list[dict]:
     """metrics.jsonl as TRL's ``log_history``: the training and evaluation rows, with the
     non-finite numbers the log writes as strings ("nan") read back as floats."""
-    from preftune.metrics import read_jsonl
+    from preftune.train.metrics import read_jsonl
 
     if not path.is_file():
         return []
