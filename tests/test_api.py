@@ -29,6 +29,12 @@ def test_rows_from_every_container():
         dataset_rows(splits, "train", "test")
     with pytest.raises(ConfigError, match="pick a split"):
         rows_of(splits, "eval_dataset")
+    # UltraFeedback's layout: the preference splits, never the SFT or generation ones.
+    feedback = datasets.DatasetDict({name: dataset.select([k]) for k, name in enumerate(
+        ["train_sft", "train_prefs", "test_prefs", "train_gen"])})
+    assert dataset_rows(feedback, "train", None) == (rows[1:2], rows[2:3])
+    held_out = datasets.DatasetDict({"train": dataset, "heldout": dataset.select([3])})
+    assert dataset_rows(held_out, "train", None) == (rows, rows[3:])
     with pytest.raises(ConfigError, match="got int"):
         rows_of(3, "train_dataset")
 

@@ -4,6 +4,9 @@ from preftune.config import ConfigError, build_config, load_config, parse_overri
 from preftune.objectives.method import resolve_method
 
 FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures"
+SIMPO_FILE = FIXTURES / "repository_configs" / "simpo" / "llama-3-8b-instruct-simpo.yaml"
+CPO_SIMPO_FILE = (FIXTURES / "repository_configs" / "cpo_simpo"
+                  / "llama-3-8b-instruct-cpo-simpo.yaml")
 
 
 def test_cli_overrides_fill_typed_fields():
@@ -48,7 +51,7 @@ def test_bare_flag_is_true_and_positional_is_rejected():
 
 
 def test_simpo_repository_yaml_runs_unchanged():
-    config = load_config(str(FIXTURES / "simpo_repo_style.yaml"))
+    config = load_config(str(SIMPO_FILE))
     resolved = resolve_method(config.method)
     assert resolved.objective.name == "simpo"
     assert resolved.hparams["beta"] == 2.5
@@ -62,7 +65,7 @@ def test_simpo_repository_yaml_runs_unchanged():
 
 
 def test_cpo_simpo_repository_yaml_runs_unchanged():
-    config = load_config(str(FIXTURES / "cpo_simpo_repo_style.yaml"))
+    config = load_config(str(CPO_SIMPO_FILE))
     resolved = resolve_method(config.method)
     assert resolved.objective.name == "cpo-simpo"
     assert resolved.hparams["beta"] == 10 and resolved.hparams["gamma"] == 5.4
@@ -243,8 +246,8 @@ def test_the_repository_yamls_pass_validation_where_they_can_run():
     and flash-attn (and wandb): refused on a machine without them, by name."""
     from preftune.validation import cuda_available, validate
 
-    validate(load_config(str(FIXTURES / "cpo_simpo_repo_style.yaml")))
+    validate(load_config(str(CPO_SIMPO_FILE)))
     if not cuda_available():
         with pytest.raises(ConfigError, match="attn_implementation flash_attention_2"):
-            validate(load_config(str(FIXTURES / "simpo_repo_style.yaml"),
+            validate(load_config(str(SIMPO_FILE),
                                  ["--report_to", "none"]))

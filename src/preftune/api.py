@@ -168,7 +168,7 @@ def load_policy(config: Config):
                       trust_remote_code=m.trust_remote_code,
                       attn_implementation=m.attn_implementation,
                       disable_dropout=config.training.disable_dropout,
-                      load_in_4bit=m.load_in_4bit)
+                      load_in_4bit=m.load_in_4bit, revision=m.model_revision)
 
 
 def ready_model(config: Config, model, peft_config=None):
@@ -207,7 +207,9 @@ def ready_tokenizer(config: Config, tokenizer=None):
         if not name:
             raise ConfigError("no tokenizer: the model was built in memory, so pass its "
                               "tokenizer (processing_class in TRL's trainers)")
-        tokenizer = load_tokenizer(name, trust_remote_code=m.trust_remote_code)
+        tokenizer = load_tokenizer(
+            name, trust_remote_code=m.trust_remote_code,
+            revision=None if m.tokenizer_name_or_path else m.model_revision)
     if not hasattr(tokenizer, "eos_token_id") and hasattr(tokenizer, "tokenizer"):
         tokenizer = tokenizer.tokenizer  # a processor's text tokenizer
     if tokenizer.pad_token is None:
@@ -228,40 +230,55 @@ def split_rows(config: Config, train_dataset, eval_dataset) -> tuple[list[dict],
     d, seed = config.data, config.training.seed
     if train_dataset is None:
         train, from_split = load_splits(d, seed)
+    elif streams(train_dataset):
+        train, from_split = train_dataset, []
     else:
         train, from_split = dataset_rows(train_dataset, d.dataset_train_split,
                                          d.dataset_test_split)
-    evaluation = from_split if eval_dataset is None else rows_of(eval_dataset, "eval_dataset")
+    evaluation = (from_split if eval_dataset is None else eval_dataset if streams(eval_dataset)
+                  else rows_of(eval_dataset, "eval_dataset"))
     if not evaluation and d.eval_fraction:
+        if not isinstance(train, list):
+            raise ConfigError("eval_fraction draws from all training rows at once, and an "
+                              "IterableDataset streams them: pass eval_dataset instead")
         train, evaluation = hold_out(train, d.eval_fraction, seed)
-    cap = (lambda rows, n: rows[:n] if n else rows)
+    cap = (lambda rows, n: (rows.take(n) if hasattr(rows, "take") else rows[:n]) if n
+           else rows)
     return cap(train, d.max_train_samples), cap(evaluation, d.max_eval_samples)
 
 
-EVAL_SPLITS = ("test", "eval", "validation", "valid", "dev")
-"""A DatasetDict's evaluation split when dataset_test_split is unset: the first of these
-(the names a data folder's evaluation files go by)."""
+def streams(data) -> bool:
+    """An ``IterableDataset``: tokenized chunk by chunk as it streams (data/prepare.py),
+    never held whole."""
+    return type(data).__name__ == "IterableDataset"
 
 
 def dataset_rows(data, train_split: str, test_split: Optional[str]
                  ) -> tuple[list[dict], list[dict]]:
     """(train rows, eval rows) of a dataset; only a ``DatasetDict`` (or a dict of splits)
-    has eval rows. A name is loaded from its file, folder or the hub."""
+    has eval rows, picked by the split names a data folder's files go by (data/splits.py:
+    ``train_prefs`` over ``train_sft``, ``test_prefs`` with it, ``validation``/``val``/
+    ``dev``/``heldout``/``test``). A name is loaded from its file, folder or the hub."""
+    from preftune.data.splits import choose
+
     if isinstance(data, (str, Path)):
         from preftune.data import load_rows
 
         return load_rows(str(data), train_split), []
     if not isinstance(data, Mapping):
         return rows_of(data, "train_dataset"), []
-    if train_split not in data:
-        raise ConfigError(f"train_dataset has no split {train_split!r} (dataset_train_split); "
-                          f"it has {', '.join(map(str, data))}")
-    if test_split is not None and test_split not in data:
+    names = [str(name) for name in data]
+    if test_split is not None and test_split not in names:
         raise ConfigError(f"train_dataset has no split {test_split!r} (dataset_test_split); "
-                          f"it has {', '.join(map(str, data))}")
-    found = test_split or next((name for name in EVAL_SPLITS if name in data), None)
-    return (rows_of(data[train_split], "train_dataset"),
-            rows_of(data[found], "eval_dataset") if found else [])
+                          f"it has {', '.join(names)}")
+    train = choose(names, "train", "train_dataset", wanted=train_split, strict=False)
+    if len(train) != 1:
+        raise ConfigError(f"train_dataset has no split {train_split!r} (dataset_train_split); "
+                          f"it has {', '.join(names)}")
+    found = choose(names, "eval", "train_dataset", wanted=test_split, partner=train[0],
+                   strict=False)
+    return (rows_of(data[train[0]], "train_dataset"),
+            rows_of(data[found[0]], "eval_dataset") if found else [])
 
 
 def rows_of(data, what: str) -> list[dict]:
@@ -285,15 +302,11 @@ def rows_of(data, what: str) -> list[dict]:
 
 def tokenize(rows: list[dict], tokenizer, config: Config, method, what: str,
              log: Callable[[str], None]) -> list:
-    """Rows -> pairs as the config's files become pairs (the same options as training)."""
-    from preftune.data import tokenize_rows
-    from preftune.setup import tokenize_options
+    """Rows -> pairs as the config's files become pairs (the same options and the same
+    tokenized cache as training)."""
+    from preftune.setup import tokenize_cached
 
-    if not rows:
-        return []
-    pairs, report = tokenize_rows(rows, tokenizer, **tokenize_options(config, method))
-    log(f"{what} data: " + report.summary())
-    return pairs
+    return tokenize_cached(rows, tokenizer, config, method, what, log)
 
 
 # -- accelerate's process-wide state ------------------------------------------------------

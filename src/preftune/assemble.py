@@ -26,6 +26,7 @@ import torch
 from preftune import distributed, setup
 from preftune.batching.plan import BatchPlan
 from preftune.config import Config, TrainingConfig
+from preftune.data.store import ChainedPairs, pair_lengths
 from preftune.errors import ConfigError
 from preftune.forward.fast import build_forward
 from preftune.forward.fast.grouping import LengthGroupedPlan
@@ -37,6 +38,7 @@ from preftune.train import trackers
 from preftune.train.optim import build_optimizer
 from preftune.train.saving import SavePolicy
 from preftune.train.scoring import ScoringParts
+from preftune.trl.defaults import defaults_note
 from preftune.types import TokenizedPair
 from preftune.validation import validate
 
@@ -45,7 +47,8 @@ from preftune.validation import validate
 class RunParts(ScoringParts):
     """A training run: the scoring parts plus the data plan, optimizer and schedule."""
 
-    train_pairs: list[TokenizedPair]
+    train_pairs: Sequence[TokenizedPair]
+    """A list, or the memory-mapped pairs of the tokenized cache (data/store.py)."""
     output_dir: Path
     lock: Optional[RunLock]
     """The output folder's lock, on the main process (None on the others)."""
@@ -88,6 +91,8 @@ def _build(config: Config, method: ResolvedMethod, accelerator, log, lock, *, mo
         log(f"ignored keys (no effect in preftune): {', '.join(config.ignored)}")
     if method.note:
         log(f"method: {method.note}")
+    if defaults_note(config):
+        log(defaults_note(config))
     tokenizer, train_pairs, eval_pairs = load_data(
         config, method, tokenizer=tokenizer, model=model, train_pairs=train_pairs,
         eval_pairs=eval_pairs, log=log)
@@ -111,7 +116,7 @@ def _build(config: Config, method: ResolvedMethod, accelerator, log, lock, *, mo
     if method.needs_reference:
         reference = build_reference(
             config, accelerator, model, forward, tokenizer=tokenizer,
-            pairs=list(train_pairs) + list(eval_pairs), log=log,
+            pairs=ChainedPairs(train_pairs, eval_pairs), log=log,
             ref_model=ref_model if ref_model is not None else policy_copy)
     return RunParts(
         config=config, method=method, accelerator=accelerator, log=log, tokenizer=tokenizer,
@@ -155,7 +160,7 @@ def batch_plan(t: TrainingConfig, pairs: Sequence[TokenizedPair], processes: int
     """Which pairs each micro-batch of each step holds, on each process."""
     plan_args = (len(pairs), t.per_device_train_batch_size, t.gradient_accumulation_steps,
                  processes, t.seed)
-    plan = (LengthGroupedPlan(*plan_args, lengths=tuple(p.num_tokens for p in pairs))
+    plan = (LengthGroupedPlan(*plan_args, lengths=tuple(pair_lengths(pairs)))
             if t.group_by_length else BatchPlan(*plan_args))
     if plan.steps_per_epoch == 0:
         raise ValueError(f"{len(pairs)} training pairs cannot fill one step of "

@@ -146,8 +146,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"preftune: config error: {error}", file=sys.stderr)
         return 2
     except DataError as error:
-        print(f"preftune: data error: {error}\n  (--skip_bad_rows true skips such rows and "
-              "counts them in a summary)", file=sys.stderr)
+        # A whole file that cannot be read (row None) is not helped by skipping rows.
+        hint = ("" if getattr(error, "row", 0) is None else "\n  (--skip_bad_rows true skips "
+                "such rows and counts them in a summary)")
+        print(f"preftune: data error: {error}{hint}", file=sys.stderr)
         return 2
     except TrainingStopped as stopped:
         # The state is saved; 128 + signal number after SIGTERM/SIGINT, 3 after

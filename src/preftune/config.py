@@ -17,11 +17,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import yaml
 
@@ -33,6 +34,9 @@ from preftune.objectives.base import reserve_keys
 class ModelConfig:
     model_name_or_path: str = "smollm2"
     """Hub id, local folder, or ``smollm2`` for the bundled SmolLM2-135M-Instruct."""
+    model_revision: Optional[str] = None
+    """Hub revision (branch, tag or commit) of ``model_name_or_path`` and its tokenizer;
+    a local folder has none (only ``main`` is accepted there)."""
     ref_model: Optional[str] = None
     """Reference model; default: a frozen copy of the starting policy."""
     tokenizer_name_or_path: Optional[str] = None
@@ -60,6 +64,13 @@ class ModelConfig:
     without a reference model in memory."""
     ref_cache_dir: Optional[str] = None
     """Where cached reference log-probs live; default ``~/.cache/preftune/reference``."""
+    sync_ref_model: bool = False
+    """TR-DPO (Gorbatovski et al. 2024): every ``ref_model_sync_steps`` optimizer steps the
+    reference becomes ``alpha x policy + (1 - alpha) x reference`` (reference/sync.py)."""
+    ref_model_mixup_alpha: float = 0.6
+    """TR-DPO's alpha: the policy's share of the mixed reference weights."""
+    ref_model_sync_steps: int = 512
+    """TR-DPO: optimizer steps between reference updates."""
     use_peft: bool = False
     """Train LoRA adapters (peft); the reference is the base model with adapters off."""
     lora_r: int = 16
@@ -112,6 +123,18 @@ class DataConfig:
     """Use only the first this many training rows."""
     max_eval_samples: Optional[int] = None
     """Use only the first this many evaluation rows."""
+    dataset_num_proc: Optional[int] = None
+    """Processes that tokenize the rows (TRL's key); null: one."""
+    dataset_cache_dir: Optional[str] = None
+    """Where tokenized pairs are cached, keyed by the rows, tokenizer and settings; null:
+    ``$PREFTUNE_TOKENIZED_CACHE``, else ``~/.cache/preftune/tokenized``."""
+    streaming: bool = False
+    """Read ``dataset_name`` as it streams (one .jsonl or .jsonl.gz file, or a hub dataset)
+    rather than all at once: the data phase holds a few chunks of rows however many there
+    are. Not with eval_fraction or dataset_mixer (use eval_dataset)."""
+    tokenized_cache: bool = True
+    """Reuse tokenized pairs between runs; false: tokenize every run (into a temporary
+    folder, removed at exit)."""
 
     @property
     def prompt_limit(self) -> int:
@@ -123,10 +146,26 @@ class DataConfig:
 class MethodConfig:
     method: Optional[str] = None
     """Objective name (``preftune methods`` lists them)."""
-    loss_type: Optional[str] = None
+    loss_type: Union[str, list, None] = None
     """TRL's spelling: sigmoid/hinge/ipo/simpo as in its CPOConfig, with ``cpo_alpha``
     choosing cpo, simpo or cpo-simpo; ipo/hinge with a ``ref_model`` as in its DPOConfig
-    (reference-based, no NLL term). Give ``method`` or ``loss_type``, not both."""
+    (reference-based, no NLL term). Give ``method`` or ``loss_type``, not both. A list
+    (``[sigmoid, bco_pair, sft]``, or ``sigmoid,bco_pair,sft`` on the command line) is a
+    weighted mixture read as TRL's DPOConfig reads it (objectives/mixture.py)."""
+    loss_weights: Optional[list] = None
+    """Weights of a ``loss_type`` list, in its order; default 1 each."""
+    use_weighting: bool = False
+    """WPO (Zhou et al. 2024): weigh each pair's preference loss by the policy's own
+    length-normalised, aligned probability of the pair (objectives/weighting.py)."""
+    ld_alpha: Optional[float] = None
+    """LD-DPO (Liu et al. 2024): log-prob tokens past the pair's shared length count
+    ``ld_alpha`` times (forward/reduction.py); none: every token counts fully."""
+    f_divergence_type: str = "reverse_kl"
+    """f-DPO (Wang et al. 2023): the divergence whose f' scores the log-ratios:
+    reverse_kl (DPO), forward_kl, js_divergence, alpha_divergence."""
+    f_alpha_divergence_coef: float = 0.5
+    """alpha of ``f_divergence_type: alpha_divergence`` (TRL's default 0.5; 1 is the
+    reverse KL)."""
     cpo_alpha: Optional[float] = None
     """Weight of the chosen-completion NLL term, on any objective; default: the objective's."""
     sft_weight: Optional[float] = None
@@ -193,6 +232,9 @@ class TrainingConfig:
     """Steps between rows of metrics.jsonl (the last step is always logged)."""
     logging_first_step: bool = False
     """Also log the first step's metrics."""
+    logging_strategy: str = "steps"
+    """When metrics rows are written: ``steps`` (every ``logging_steps``) or ``no`` (only
+    the last step's row)."""
     eval_strategy: str = "steps"
     """When to evaluate during training: ``steps`` (every ``eval_steps``), ``epoch`` (at
     each epoch's end) or ``no``; a run with eval data is always evaluated at its end
@@ -271,7 +313,7 @@ SECTIONS = {"model": ModelConfig, "data": DataConfig, "method": MethodConfig,
 
 # Keys of the SimPO / CPO-SimPO / TRL configs that have no effect here; accepted so their
 # YAML files run unchanged, and reported when a run starts.
-IGNORED_KEYS = {"log_level", "preprocessing_num_workers", "dataset_num_proc",
+IGNORED_KEYS = {"log_level", "preprocessing_num_workers",
                 "per_device_eval_batch_size_per_gpu", "remove_unused_columns", "save_only_model",
                 "dataloader_num_workers", "dataloader_pin_memory", "ddp_timeout",
                 "use_liger_kernel", "generate_during_eval", "truncation_mode",
@@ -283,7 +325,11 @@ ALIASES = {"evaluation_strategy": "eval_strategy", "resume_from_checkpoint": "re
            "dataset_split": "dataset_train_split", "eval_split": "dataset_test_split",
            "lr": "learning_rate", "epochs": "num_train_epochs", "batch_size":
            "per_device_train_batch_size", "rpo_alpha": "cpo_alpha",
-           "dataset_path": "dataset_name", "train_file": "dataset_name"}
+           "dataset_path": "dataset_name", "train_file": "dataset_name",
+           "max_seq_length": "max_length"}
+# TRL's SFTConfig is the one config with ``max_seq_length``: a file that uses it and names
+# no objective was written for SFT (the SimPO repository's llama-3-8b-base-sft.yaml).
+SFT_ONLY_KEYS = ("max_seq_length",)
 
 
 @dataclass
@@ -293,6 +339,8 @@ class Config:
     method: MethodConfig = field(default_factory=MethodConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     ignored: list = field(default_factory=list)
+    given: set = field(default_factory=set)
+    """The section fields the file or command line set (the rest are defaults)."""
 
     def to_dict(self) -> dict:
         return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
@@ -460,13 +508,39 @@ def build_config(values: dict, where: str = "config") -> Config:
                 set_hyperparameter(config.method, spelling, given, where)
         elif key in FIELDS:
             section, _ = FIELDS[key]
-            value = coerce(key, value)
+            value = expand_home(key, coerce(key, value))
             setattr(getattr(config, section), key, value)
+            config.given.add(key)
             if key == "use_flash_attention_2" and value:
                 config.model.attn_implementation = "flash_attention_2"
         else:
             set_hyperparameter(config.method, raw_key, value, where)
+    _sft_when_written_for_sft(config, flatten(values, where))
     return config
+
+
+def _sft_when_written_for_sft(config: Config, flat: dict) -> None:
+    m = config.method
+    names_one = (m.method or m.loss_type or m.hyperparameters or m.cpo_alpha is not None
+                 or m.sft_weight is not None)
+    if not names_one and any(k in flat for k in SFT_ONLY_KEYS):
+        m.method = "sft"
+
+
+PATH_KEYS = frozenset({"model_name_or_path", "ref_model", "tokenizer_name_or_path",
+                       "chat_template", "ref_cache_dir", "dataset_name", "eval_dataset",
+                       "dataset_cache_dir", "output_dir"})
+
+
+def expand_home(key: str, value: Any) -> Any:
+    """``~/x`` in a path setting is the home folder, from YAML as from a shell: unexpanded,
+    a model path reads as a hub name and ``output_dir`` makes a folder named ``~``."""
+    if key in PATH_KEYS and isinstance(value, str) and value.startswith("~"):
+        return os.path.expanduser(value)
+    if key == "dataset_mixer" and isinstance(value, dict):
+        return {os.path.expanduser(k) if isinstance(k, str) and k.startswith("~") else k: v
+                for k, v in value.items()}
+    return value
 
 
 def set_hyperparameter(method: MethodConfig, spelling: str, value: Any, where: str) -> None:

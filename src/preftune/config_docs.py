@@ -78,11 +78,16 @@ def hyperparameter_keys() -> list[KeyDoc]:
     rows = []
     for spelling, declared in hyperparameter_spellings().items():
         defaults: dict[str, list[str]] = {}
+        # One spelling may mean different things to different objectives (``alpha``: R-DPO's
+        # length weight, AlphaPO's reward shape): each meaning and its bounds are listed.
+        meanings: dict[tuple[str, str], list[str]] = {}
         for name in objectives_taking(spelling):
-            value = REGISTRY[name].declaration(spelling).default
-            defaults.setdefault(_show(value), []).append(name)
+            taken = REGISTRY[name].declaration(spelling)
+            defaults.setdefault(_show(taken.default), []).append(name)
+            meanings.setdefault((taken.doc, str(taken.bounds)), []).append(name)
         default = "; ".join(f"{v} ({', '.join(names)})" for v, names in defaults.items())
-        doc = declared.doc[0].upper() + declared.doc[1:] + "."
+        doc = " ".join(f"{text[0].upper()}{text[1:]}" + (f" ({', '.join(names)})" if
+                       len(meanings) > 1 else "") + "." for (text, _), names in meanings.items())
         scaled = dict(declared.scaled_aliases)
         if spelling in declared.aliases:
             doc = f"Another spelling of {declared.name}. {doc}"
@@ -92,7 +97,11 @@ def hyperparameter_keys() -> list[KeyDoc]:
         if spelling in scaled:
             default = values = "-"
         else:
-            values = str(declared.bounds)
+            within: dict[str, list[str]] = {}
+            for (_, bounds), names in meanings.items():
+                within.setdefault(bounds, []).extend(names)
+            values = "; ".join(bounds + (f" ({', '.join(sorted(names))})" if len(within) > 1
+                                         else "") for bounds, names in within.items())
         rows.append(KeyDoc(spelling, declared.type.__name__, default, values, doc))
     return rows
 

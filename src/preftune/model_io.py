@@ -7,6 +7,7 @@ the result once as safetensors under the cache directory and load that afterward
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 from pathlib import Path
@@ -73,11 +74,14 @@ def parse_dtype(name: Optional[str], device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
-def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False,
+                   revision: Optional[str] = None):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path),
-                                              trust_remote_code=trust_remote_code)
+    with explained(name_or_path, "tokenizer"):
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path),
+                                                  trust_remote_code=trust_remote_code,
+                                                  **({"revision": revision} if revision else {}))
     if tokenizer.pad_token_id is None:
         # Padding positions are always masked; any id works, EOS is the usual choice.
         tokenizer.pad_token = tokenizer.eos_token
@@ -86,10 +90,13 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
 
 def load_model(name_or_path: str, dtype: torch.dtype = torch.float32,
                trust_remote_code: bool = False, attn_implementation: Optional[str] = None,
-               disable_dropout: bool = True, load_in_4bit: bool = False):
+               disable_dropout: bool = True, load_in_4bit: bool = False,
+               revision: Optional[str] = None):
     from transformers import AutoModelForCausalLM
 
     kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code}
+    if revision:
+        kwargs["revision"] = revision
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     if load_in_4bit:
@@ -99,14 +106,45 @@ def load_model(name_or_path: str, dtype: torch.dtype = torch.float32,
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
             bnb_4bit_use_double_quant=True)
     path = resolve_model_path(name_or_path)
-    weights = _unwrapped_weights(Path(path))
-    if weights is None:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    else:
-        model = _from_weights(path, weights, kwargs)
+    with explained(name_or_path, "model"):
+        weights = _unwrapped_weights(Path(path))
+        if weights is None:
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        else:
+            model = _from_weights(path, weights, kwargs)
     if disable_dropout:
         disable_dropout_in(model)
     return model
+
+
+REMOTE_CODE_FIX = (
+    "it ships its own Python code (auto_map in its config), which transformers runs on "
+    "this machine to load it, with your user's rights: set trust_remote_code: true "
+    "(--trust_remote_code true) only if you trust where it comes from, and pin "
+    "model_revision to the commit you reviewed")
+
+
+@contextlib.contextmanager
+def explained(name_or_path: str, what: str):
+    """Loading failures a user can fix, as a ConfigError naming the path and the fix:
+    code that needs ``trust_remote_code``, weights that are not safetensors (a Git-LFS
+    pointer, a truncated download), a folder or name transformers cannot read."""
+    from preftune.errors import ConfigError
+
+    try:
+        yield
+    except ValueError as error:
+        if "trust_remote_code" in str(error):
+            raise ConfigError(f"{what} {name_or_path}: {REMOTE_CODE_FIX}") from None
+        raise
+    except OSError as error:
+        raise ConfigError(f"{what} {name_or_path} cannot be loaded: {error}") from None
+    except Exception as error:
+        if "Safetensor" not in type(error).__name__:  # safetensors.SafetensorError
+            raise
+        raise ConfigError(f"{what} {name_or_path}: its weights are not a readable "
+                          f"safetensors file ({error}); a Git-LFS pointer needs `git lfs "
+                          "pull`, a partial download downloading again") from None
 
 
 def disable_dropout_in(model: torch.nn.Module) -> None:

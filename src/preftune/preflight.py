@@ -72,10 +72,10 @@ def check_rows(rows: list, tokenizer, data_format: str = "auto",
                column_mapping: Optional[dict] = None) -> None:
     """On the first rows, before tokenizing them all: a recognisable format (raises
     ConfigError naming the columns found), and a chat template if the rows hold messages."""
-    from preftune.data.formats import DETECT_ROWS, detect_format, get_path
+    from preftune.data.formats import detect_format, format_sample, get_path
 
     _, mapping = detect_format(rows, data_format, column_mapping)
-    sample = [r for r in rows[:DETECT_ROWS] if isinstance(r, dict)]
+    sample = format_sample(rows)
     conversational = data_format == "conversational" or any(
         isinstance(get_path(r, path), list) for r in sample for path in mapping.values())
     if conversational and not getattr(tokenizer, "chat_template", None):
@@ -128,9 +128,13 @@ def model_vocab_size(name_or_path: str) -> Optional[int]:
     config = Path(resolve_model_path(name_or_path)).expanduser() / "config.json"
     if not config.is_file():
         raise ConfigError(f"{name_or_path} has no config.json: not a model folder")
-    values = json.loads(config.read_text())
-    values = values.get("text_config", values)  # multimodal configs nest the text model
-    return values.get("vocab_size")
+    try:
+        values = json.loads(config.read_text(encoding="utf-8"))
+        values = values.get("text_config", values)  # multimodal configs nest the text model
+        return values.get("vocab_size")
+    except (ValueError, AttributeError, RecursionError):
+        raise ConfigError(f"{config} is not a readable model config (JSON object): "
+                          "download the model again") from None
 
 
 def _embedding_rows(model) -> Optional[int]:
@@ -148,18 +152,44 @@ def local_parameter_bytes(name_or_path: Optional[str]) -> tuple[int, int]:
         return 0, 0
     params, size = 0, 0
     for file in Path(resolve_model_path(name_or_path)).expanduser().glob("*.safetensors"):
-        with file.open("rb") as handle:
-            (length,) = struct.unpack("<Q", handle.read(8))
-            header = json.loads(handle.read(length))
-        for name, tensor in header.items():
-            if name == "__metadata__":
-                continue
+        for tensor in safetensors_header(file).values():
             count = 1
             for dim in tensor["shape"]:
                 count *= dim
             params += count
             size = max(size, DTYPE_BYTES.get(tensor["dtype"], 4))
     return params, size
+
+
+LFS_POINTER = b"version https://git-lfs"
+MAX_HEADER_BYTES = 100 * 1024 ** 2  # safetensors' own limit on the JSON header
+
+
+def safetensors_header(file: Path) -> dict:
+    """Tensor name -> {dtype, shape, data_offsets} from a safetensors file's header, read
+    without its tensors; a ConfigError naming the file and the fix when it is not one (a
+    Git-LFS pointer where the weights were never fetched, a truncated or other file)."""
+    with file.open("rb") as handle:
+        start = handle.read(8)
+        size = file.stat().st_size
+        if (start + handle.read(len(LFS_POINTER) - len(start))).startswith(LFS_POINTER):
+            raise ConfigError(f"{file} is a Git-LFS pointer, not the weights: run `git lfs "
+                              f"pull` in {file.parent} (or download the model again)")
+        handle.seek(8)
+        length = struct.unpack("<Q", start)[0] if len(start) == 8 else -1
+        if not 2 <= length <= min(size - 8, MAX_HEADER_BYTES):
+            raise ConfigError(f"{file} is not a safetensors file (its first 8 bytes do not "
+                              "give a header length that fits the file): download the model "
+                              "again")
+        try:
+            header = json.loads(handle.read(length))
+            tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+            for tensor in tensors.values():
+                _ = (tensor["dtype"], [int(d) for d in tensor["shape"]])
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+            raise ConfigError(f"{file} is not a safetensors file (unreadable header): "
+                              "download the model again") from None
+    return tensors
 
 
 def checkpoint_bytes(params: int, dtype_bytes: int, full_optimizer: bool = True,

@@ -51,6 +51,10 @@ class SequenceLogps:
     rejected: torch.Tensor
     rejected_mask: torch.Tensor
     aux_loss: Optional[torch.Tensor] = None
+    # Per-token ``log sum_v pi(v | prefix)^2`` (WPO's alignment term), when the forward was
+    # asked for it (objectives/weighting.py); None otherwise.
+    chosen_log_sum_sq: Optional[torch.Tensor] = None
+    rejected_log_sum_sq: Optional[torch.Tensor] = None
 
     def detach(self) -> "SequenceLogps":
         return SequenceLogps(self.chosen.detach(), self.chosen_mask, self.rejected.detach(),
@@ -73,6 +77,10 @@ class ReducedLogps:
     ref_chosen: Optional[torch.Tensor] = None
     ref_rejected: Optional[torch.Tensor] = None
     labels: Optional[torch.Tensor] = None
+    # f-DPO's f'-scores of the log-ratios, which formulas then read in their place
+    # (objectives/common.py log_ratios); None: the plain log-ratios (reverse KL).
+    chosen_scores: Optional[torch.Tensor] = None
+    rejected_scores: Optional[torch.Tensor] = None
 
 
 @dataclass

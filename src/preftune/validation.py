@@ -24,6 +24,7 @@ from preftune.model_io import DTYPES as MODEL_DTYPES
 from preftune.objectives.interval import (AT_LEAST_ONE, BELOW_ONE, NON_NEGATIVE, POSITIVE, UNIT,
                                           Interval)
 from preftune.objectives.method import ResolvedMethod, resolve_method
+from preftune.objectives.weighting import F_DIVERGENCES
 from preftune.train.optim import (ADAMW, FLOAT16_WEIGHTS, OPTIMIZERS, low_precision_refusal,
                                   optimizer_problem)
 from preftune.train.saving import STRATEGIES
@@ -47,12 +48,13 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "torch_dtype": DTYPES, "attn_implementation": ATTENTION, "data_format": FORMATS,
     "lr_scheduler_type": SCHEDULERS, "optim": OPTIMIZERS, "eval_strategy": STRATEGIES,
     "save_strategy": STRATEGIES, "fast_attention": FAST_ATTENTION,
+    "logging_strategy": ("steps", "no"), "f_divergence_type": F_DIVERGENCES,
 }
 BOUNDS: dict[str, Interval] = {
     "lora_r": AT_LEAST_ONE, "lora_alpha": POSITIVE, "lora_dropout": BELOW_ONE,
     "max_length": Interval(2.0), "max_prompt_length": AT_LEAST_ONE,
     "eval_fraction": BELOW_ONE, "max_train_samples": AT_LEAST_ONE,
-    "max_eval_samples": AT_LEAST_ONE,
+    "max_eval_samples": AT_LEAST_ONE, "dataset_num_proc": AT_LEAST_ONE,
     "cpo_alpha": NON_NEGATIVE, "sft_weight": NON_NEGATIVE,
     "learning_rate": POSITIVE, "num_train_epochs": POSITIVE,
     "per_device_train_batch_size": AT_LEAST_ONE, "per_device_eval_batch_size": AT_LEAST_ONE,
@@ -64,6 +66,8 @@ BOUNDS: dict[str, Interval] = {
     "max_consecutive_nonfinite": AT_LEAST_ONE, "max_nonfinite_fraction": UNIT,
     "rounds": AT_LEAST_ONE, "router_aux_loss_coef": NON_NEGATIVE,
     "logps_chunk_size": AT_LEAST_ONE, "max_tokens_per_row": AT_LEAST_ONE,
+    "ld_alpha": UNIT, "ref_model_mixup_alpha": Interval(0.0, 1.0, low_open=True),
+    "ref_model_sync_steps": AT_LEAST_ONE,
 }
 
 
@@ -86,6 +90,8 @@ def validate(config: Config, *, loads_data: bool = True, loads_model: bool = Tru
     _check_data(config.data, loads_data)
     method = resolve_method(config.method, config.model.ref_model)
     _check_reference(config, method)
+    _check_scoring_options(config, method)
+    _check_reference_sync(config, method)
     return method
 
 
@@ -173,6 +179,10 @@ def _check_model(m: ModelConfig, t: TrainingConfig, loads_model: bool) -> None:
     _check_kernels(m)
     for key in ("model_name_or_path", "ref_model", "tokenizer_name_or_path"):
         check_local(key, getattr(m, key), is_model=True)
+    if m.model_revision not in (None, "main") and Path(m.model_name_or_path).expanduser().is_dir():
+        raise ConfigError(f"model_revision {m.model_revision!r} names a hub revision, but "
+                          f"model_name_or_path {m.model_name_or_path} is a local folder: "
+                          "check out that revision there, or drop model_revision")
     template = m.chat_template
     if template and "{" not in template and (Path(template).suffix or "/" in template) \
             and not Path(template).expanduser().is_file():
@@ -217,3 +227,44 @@ def _check_reference(config: Config, method: ResolvedMethod) -> None:
         if getattr(m, key):
             raise ConfigError(f"{key}: {why}, so no reference would be used: drop {key}, or "
                               f"{other}")
+
+
+def _components(method: ResolvedMethod) -> list:
+    """The objectives a run computes: a mixture's components, or the one objective."""
+    return [c.objective for c in getattr(method.objective, "components", ())] or [method.objective]
+
+
+def _check_scoring_options(config: Config, method: ResolvedMethod) -> None:
+    """WPO, LD-DPO and f-DPO (objectives/weighting.py) need what they act on."""
+    o, name = config.method, method.objective.name
+    if (o.use_weighting or o.ld_alpha is not None) and not method.objective.paired:
+        key = "use_weighting" if o.use_weighting else "ld_alpha"
+        raise ConfigError(f"{key}: {name} is unpaired; WPO and LD-DPO weigh preference pairs")
+    sorting = [c.name for c in _components(method) if c.name in ("aot", "aot-unpaired")]
+    if o.use_weighting and sorting:
+        raise ConfigError(f"use_weighting with {sorting[0]}: it sorts the batch, so each "
+                          "pair's WPO weight would fall on another pair's loss (TRL refuses "
+                          "this too)")
+    if o.ld_alpha is not None and any(c.reduction == "sampo" for c in _components(method)):
+        raise ConfigError(f"ld_alpha: {name} down-samples the longer completion already "
+                          "(SamPO); give one of the two")
+    if o.f_divergence_type != "reverse_kl" and not method.needs_reference:
+        raise ConfigError(f"f_divergence_type {o.f_divergence_type}: {name} takes no log-ratio "
+                          "against a reference; use a reference objective (dpo, ipo, ...)")
+
+
+def _check_reference_sync(config: Config, method: ResolvedMethod) -> None:
+    """TR-DPO mixes the policy into a reference model held in memory."""
+    m = config.model
+    if not m.sync_ref_model:
+        return
+    if not method.needs_reference:
+        raise ConfigError(f"sync_ref_model: {method.objective.name} uses no reference model, "
+                          "so there is none to update; drop sync_ref_model")
+    if m.precompute_ref_log_probs:
+        raise ConfigError("sync_ref_model with precompute_ref_log_probs: the cached reference "
+                          "log-probs would go stale at the first update; drop one of the two")
+    if m.use_peft:
+        raise ConfigError("sync_ref_model with use_peft: the LoRA reference is the base model "
+                          "under the adapters, with no weights of its own to mix the policy "
+                          "into; train all weights (use_peft false) or drop sync_ref_model")

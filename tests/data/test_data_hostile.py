@@ -31,13 +31,13 @@ def test_file_with_bom_crlf_and_a_broken_line(tmp_path, smollm2):
     pairs, report = run(rows, smollm2, skip_bad_rows=True)
     assert [p.example_id for p in pairs] == [0, 3]
     assert report.skipped == {"unreadable line": 2}
-    assert "line 3: not UTF-8" in report.summary()
+    assert "d.jsonl: line 3 (row 2), field 'row': unreadable line (not UTF-8" in report.summary()
 
 
 def test_lone_surrogates_from_json_escapes_are_reported(tmp_path, smollm2):
     path = tmp_path / "d.jsonl"
     path.write_text('{"prompt": "Q", "chosen": "a\\ud800", "rejected": "b"}\n')
-    with pytest.raises(DataError, match="row 0, field 'chosen': invalid unicode"):
+    with pytest.raises(DataError, match=r"d.jsonl: line 1 \(row 0\), field 'chosen': invalid unicode"):
         run(read_file(path), smollm2)
 
 
@@ -67,8 +67,8 @@ def test_column_mapping_values_must_be_names():
         detect_format([ROW], column_mapping={"prompt": 5})
 
 
-def test_unreadable_file_is_a_config_error(tmp_path):
+def test_unreadable_file_is_a_data_error_naming_it(tmp_path):
     path = tmp_path / "d.json"
     path.write_text("[1, 2")
-    with pytest.raises(ConfigError, match="not a readable JSON array"):
+    with pytest.raises(DataError, match="d.json: not a readable JSON array"):
         read_file(path)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+import pytest
 import torch
 
 from preftune.types import SequenceLogps
@@ -88,3 +89,24 @@ def grads_or_zeros(loss: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch
     rejected side) gets zeros, which is what its gradient is."""
     grads = torch.autograd.grad(loss, inputs, allow_unused=True)
     return [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads)]
+
+
+def assert_gradients_match(grads: tuple, differences: tuple, batch) -> None:
+    """Autograd's gradients of the chosen and rejected log-probs against central finite
+    differences of a float64 naive loss; padding never receives gradient."""
+    for grad, difference, mask in zip(grads, differences,
+                                      (batch.policy.chosen_mask, batch.policy.rejected_mask)):
+        torch.testing.assert_close(grad, torch.tensor(difference, dtype=torch.float64),
+                                   rtol=1e-6, atol=1e-8)
+        assert not grad[~mask].any()
+
+
+def assert_float32_agrees(run, name, hparams, nll_weight, batch) -> None:
+    """The usual training dtype gives the float64 numbers to float32 accuracy; ``run`` is
+    the test file's ``(name, hparams, nll_weight, batch) -> (objective, output, loss, grads)``."""
+    _, out64, loss64, _ = run(name, hparams, nll_weight, batch)
+    _, out32, loss32, _ = run(name, hparams, nll_weight, batch.to(torch.float32))
+    assert out32.terms.losses.dtype == torch.float32
+    torch.testing.assert_close(out32.terms.losses.double(), out64.terms.losses.detach(),
+                               rtol=1e-4, atol=1e-5)
+    assert loss32.item() == pytest.approx(loss64.item(), rel=1e-4, abs=1e-5)

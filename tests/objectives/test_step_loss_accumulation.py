@@ -16,8 +16,9 @@ from preftune.types import SequenceLogps
 CHOSEN_LENGTHS = (5, 2, 3, 6, 1, 4, 6, 2)
 REJECTED_LENGTHS = (3, 7, 1, 2, 5, 5, 4, 8)
 
-# KTO's reference point is a batch statistic (kto.py): by design it is per micro-batch.
-INVARIANT = sorted(name for name in REGISTRY if not name.startswith("kto"))
+# KTO's reference point, BCO's reward shift and AOT's sort are over the micro-batch by
+# design (Objective.batch_coupled).
+INVARIANT = sorted(name for name, objective in REGISTRY.items() if not objective.batch_coupled)
 
 
 def accumulated(name: str, micro_batch_size: int):
@@ -44,7 +45,8 @@ def accumulated(name: str, micro_batch_size: int):
         reference = cut(batch.reference, batch.reference.chosen, batch.reference.rejected)
         output = compute_objective(objective, {}, policy,
                                    reference if objective.needs_reference else None,
-                                   example_ids=batch.example_ids[rows], seed=1, step=2)
+                                   example_ids=batch.example_ids[rows], seed=1, step=2,
+                                   labels=None if objective.paired else batch.labels[rows])
         total = total + step_loss(output, examples_in_step=total_examples,
                                   nll_tokens_in_step=total_nll_tokens)
     grad_chosen, grad_rejected = torch.autograd.grad(total, [chosen, rejected], allow_unused=True)

@@ -110,7 +110,6 @@ def test_verification_names_what_differs(tmp_path):
 
 def test_verification_delay_comes_after_the_first_file(tmp_path, monkeypatch):
     from preftune.train import checkpoint
-
     folder = small_checkpoint(tmp_path, {"a.txt": b"abc", "b.txt": b"xyz"})
     sleeps = []
     monkeypatch.setattr(checkpoint.time, "sleep", sleeps.append)

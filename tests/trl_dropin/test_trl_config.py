@@ -128,17 +128,11 @@ def test_trl_meanings_of_loss_types():
 
 @pytest.mark.parametrize("config, named", [
     (CPOConfig(torch_compile=True), "torch_compile"),
-    (CPOConfig(alpha=0.5), "alpha"),
     (CPOConfig(generate_during_eval=True), "generate_during_eval"),
-    (DPOConfig(use_weighting=True), "use_weighting"),
-    (DPOConfig(sync_ref_model=True), "sync_ref_model"),
-    (DPOConfig(f_divergence_type="js_divergence"), "f_divergence_type"),
-    (DPOConfig(loss_type="robust"), "loss_type"),
-    (DPOConfig(loss_type=["sigmoid", "bco_pair"]), "loss_type"),
-    (DPOConfig(loss_type=["sigmoid", "sft"], loss_weights=[0.5, 1.0]), "loss_weights"),
+    (DPOConfig(loss_type=["sigmoid", "no_such_loss"]), "loss_type"),
+    (DPOConfig(loss_type="no_such_loss"), "loss_type"),
     (DPOConfig(truncation_mode="keep_end"), "truncation_mode"),
     (DPOConfig(train_sampling_strategy="sequential"), "train_sampling_strategy"),
-    (KTOConfig(loss_type="apo_zero_unpaired"), "loss_type"),
     (ORPOConfig(lr_scheduler_kwargs={"num_cycles": 2}), "lr_scheduler_kwargs"),
     (ORPOConfig(logging_strategy="epoch"), "logging_strategy"),
     (ORPOConfig(hub_strategy="checkpoint"), "hub_strategy"),
@@ -149,6 +143,30 @@ def test_trl_meanings_of_loss_types():
 def test_unsupported_field_fails_naming_it(config, named):
     with pytest.raises(ConfigError, match=named):
         resolve(config)
+
+
+def test_the_other_trl_loss_types_map_to_their_objectives_with_trls_fields():
+    def method(config):
+        return validate(resolve(config).config, loads_data=False, loads_model=False)
+
+    robust = method(DPOConfig(loss_type="robust", label_smoothing=0.1, beta=0.2))
+    assert (robust.objective.name, robust.hparams) == (
+        "robust", {"beta": 0.2, "label_smoothing": 0.1})
+    assert method(DPOConfig(loss_type="discopop", discopop_tau=0.3)).hparams["discopop_tau"] == 0.3
+    for name in ("nca_pair", "bco_pair", "sppo_hard", "aot", "aot_unpaired", "apo_zero",
+                 "apo_down", "sigmoid_norm"):
+        assert method(DPOConfig(loss_type=name)).objective.name == name.replace("_", "-")
+    apo = method(KTOConfig(loss_type="apo_zero_unpaired", desirable_weight=1.5))
+    assert (apo.objective.name, apo.hparams["desirable_weight"]) == ("apo-zero-unpaired", 1.5)
+    alphapo = method(CPOConfig(loss_type="alphapo", alpha=0.25))
+    assert (alphapo.objective.name, alphapo.hparams["alpha"], alphapo.nll_weight) == \
+        ("simpo", 0.25, 0.0)
+    notes = resolve(DPOConfig(loss_type="sigmoid", discopop_tau=0.3)).notes
+    assert any(n.startswith("discopop_tau=0.3: no effect here") for n in notes)
+    with pytest.raises(ConfigError, match="label_smoothing"):  # TRL: > 0 for exo_pair
+        method(DPOConfig(loss_type="exo_pair"))
+    with pytest.raises(ConfigError, match="alpha"):  # AlphaPO shapes the sigmoid losses only
+        method(CPOConfig(loss_type="hinge", alpha=0.5))
 
 
 def test_unsupported_trainer_argument_fails_naming_it():

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
+from preftune.data.origin import BadRow, DataError, index_of
 from preftune.errors import ConfigError
 
 Messages = list[dict]
@@ -30,24 +31,8 @@ OPENAI_MAPPING = {"prompt": "input.messages", "chosen": "preferred_output",
 DETECT_ROWS = 100
 
 
-class DataError(ValueError):
-    """A bad row. ``reason`` is a short category (what the report counts); ``detail`` the
-    specifics, appended to the message."""
-
-    def __init__(self, row: int, field: str, reason: str, detail: Optional[str] = None):
-        self.row, self.field, self.reason, self.detail = row, field, reason, detail
-        message = f"row {row}, field {field!r}: {reason}"
-        super().__init__(message + (f" ({detail})" if detail else ""))
-
-
-class UnreadableLine(dict):
-    """A JSON-lines line that is not valid UTF-8 or not valid JSON. It stays in the rows, in
-    its place, so that normalize_rows reports it by row number like any other bad row (or
-    counts it with ``skip_bad_rows``) instead of one broken line failing the whole file."""
-
-    def __init__(self, line: int, problem: str):
-        super().__init__()
-        self.line, self.problem = line, problem
+# A row that could not be read (origin.py); the old name is kept for importers.
+UnreadableLine = BadRow
 
 
 @dataclass
@@ -102,14 +87,16 @@ def detect_format(rows: list[dict], data_format: str = "auto",
     bad = {k: v for k, v in (column_mapping or {}).items() if not isinstance(v, str) or not v}
     if bad:
         raise ConfigError(f"column_mapping values must be column names (strings), got {bad}")
-    # Rows that are not objects (a stray number or list in a JSON file) tell nothing about
-    # the columns; normalize_row reports them one by one.
-    sample = [r for r in rows[:DETECT_ROWS] if isinstance(r, dict)]
+    sample = format_sample(rows)
     mapping = {name: name for name in TARGETS}
     if column_mapping:
         mapping.update(column_mapping)
     elif all(any(_present(r, path) for r in sample) for path in OPENAI_MAPPING.values()):
         mapping.update(OPENAI_MAPPING)
+    if not sample and data_format == "auto":
+        # No row is a readable object: each is reported (or skipped) by normalize_row
+        # under its own reason, not as one unrecognisable format.
+        return "paired", mapping
     present = {t for t in TARGETS if any(_present(r, mapping[t]) for r in sample)}
     if data_format == "unpaired" or (data_format == "auto" and {"completion", "label"} <= present
                                      and "chosen" not in present):
@@ -120,10 +107,25 @@ def detect_format(rows: list[dict], data_format: str = "auto",
     if data_format != "auto" or {"chosen", "rejected"} <= present:
         return "paired", mapping
     columns = sorted({str(key) for r in sample for key in r})
+    origin = getattr(sample[0] if sample else None, "origin", None)
+    where = f"{origin.source.describe()}: " if origin is not None else ""
     raise ConfigError(
-        f"cannot recognise the data format from columns {columns}: expected prompt/chosen/"
+        f"{where}cannot recognise the data format from columns {columns}: expected prompt/chosen/"
         "rejected, chosen/rejected (implicit prompt), prompt/completion/label (unpaired) or "
         "the OpenAI preference schema; set data_format or column_mapping")
+
+
+def format_sample(rows: list) -> list[dict]:
+    """The first ``DETECT_ROWS`` rows that are readable objects: rows that are not (a stray
+    number in a JSON file, a broken line) tell nothing about the columns; normalize_row
+    reports them one by one."""
+    sample = []
+    for row in rows:
+        if isinstance(row, dict) and not isinstance(row, BadRow):
+            sample.append(row)
+            if len(sample) == DETECT_ROWS:
+                break
+    return sample
 
 
 def _present(row: dict, path: str) -> bool:
@@ -137,7 +139,10 @@ def normalize_rows(rows: list[dict], data_format: str = "auto",
     appended to ``errors`` when a list is given."""
     layout, mapping = detect_format(rows, data_format, column_mapping)
     out = []
-    for index, raw in enumerate(rows):
+    for position, raw in enumerate(rows):
+        # The index carries the row's file and file row, so errors raised for it at any
+        # later station name the row as the user finds it (origin.py).
+        index = index_of(position, raw)
         try:
             out.append((index, normalize_row(raw, index, layout, mapping, data_format)))
         except DataError as error:
@@ -149,8 +154,8 @@ def normalize_rows(rows: list[dict], data_format: str = "auto",
 
 def normalize_row(raw: dict, index: int, layout: str, mapping: dict,
                   data_format: str = "auto") -> Row:
-    if isinstance(raw, UnreadableLine):
-        raise DataError(index, "row", "unreadable line", f"line {raw.line}: {raw.problem}")
+    if isinstance(raw, BadRow):
+        raise DataError(index, raw.field, raw.reason, raw.detail)
     if not isinstance(raw, dict):
         raise DataError(index, "row", "wrong type", f"a row must be an object, got "
                         f"{type(raw).__name__}")
@@ -215,6 +220,10 @@ def _unify(index: int, data_format: str, prompt: Any, *completions: tuple[str, A
         content = value if isinstance(value, str) else "".join(m["content"] for m in value)
         if not content.strip():
             raise DataError(index, name, "empty completion")
+        if isinstance(value, list) and value[-1]["role"] != "assistant":
+            # Trained as it stands, the user's turn would be learned as the model's answer.
+            raise DataError(index, name, f"ends with a {value[-1]['role']} turn",
+                            "a completion must end with the assistant's message")
     return prompt, [value for _, value in checked]
 
 

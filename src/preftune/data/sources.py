@@ -1,231 +1,220 @@
 """Where rows come from: hub datasets, local files and folders, mixtures; the eval split.
 
-Every source ends as a list of plain dicts. Local files are read without ``datasets`` (it is
-slow to import and caches copies); hub names go through ``datasets.load_dataset``.
+Every source ends as a list of dict rows that know where they came from (origin.py), so
+that an error anywhere later names the file and the row in it. Local files are read by
+readers.py; hub names go through ``datasets``. Which split trains and which evaluates is
+decided by splits.py and printed before training.
 """
 
 from __future__ import annotations
 
-import gzip
-import json
 import random
-import re
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from preftune.config import DataConfig
-from preftune.data.formats import UnreadableLine
+from preftune.data import hub, splits
+from preftune.data.origin import file_error, relabel
+from preftune.data.readers import EXTENSIONS, format_suffix, read_file
 from preftune.errors import ConfigError
 
-EXTENSIONS = (".jsonl", ".json", ".parquet", ".csv", ".arrow")
-EVAL_WORDS = ("test", "eval", "validation", "valid", "dev")
-# Hugging Face shard suffixes: train-00000-of-00003.parquet
-_SHARD = re.compile(r"[-_]\d+-of-\d+$")
+__all__ = ["EXTENSIONS", "hold_out", "load_rows", "load_source", "load_splits", "read_file"]
 
 
-def load_splits(data: DataConfig, seed: int) -> tuple[list[dict], list[dict]]:
-    """(train rows, eval rows); eval may be empty.
+def load_splits(data: DataConfig, seed: int, log: Optional[Callable[[str], None]] = None
+                ) -> tuple[list[dict], list[dict]]:
+    """(train rows, eval rows); eval may be empty. ``log`` gets what was picked.
 
-    Eval comes from, in order: ``eval_dataset`` (a separate source), ``dataset_test_split``,
-    the test split of a ``dataset_mixer`` or the test/eval/validation files of a folder, and
-    last a seeded ``eval_fraction`` of the training rows."""
+    Eval comes from, in order: ``eval_dataset`` (a separate source), ``dataset_test_split``
+    or the evaluation split of the dataset (a folder's test/validation/... files, a
+    DatasetDict's split), the test split of a ``dataset_mixer``, and last a seeded
+    ``eval_fraction`` of the training rows."""
+    notes: list[str] = []
     if data.dataset_mixer:
         if data.dataset_name:
             raise ConfigError("set either dataset_name or dataset_mixer, not both")
-        train, eval_rows = _mix(data, seed)
+        train, eval_rows = _mix(data, seed, notes)
     elif data.dataset_name:
-        train = load_rows(data.dataset_name, data.dataset_train_split, data.dataset_config)
-        eval_rows = [] if data.eval_dataset else _eval_split(data)
+        train, eval_rows = load_source(data.dataset_name, data.dataset_train_split,
+                                       data.dataset_test_split, data.dataset_config,
+                                       want_eval=not data.eval_dataset, notes=notes)
     else:
         raise ConfigError("no data: set dataset_name (a hub id, file or folder) or dataset_mixer")
     if data.eval_dataset:
         eval_rows = load_rows(data.eval_dataset, data.dataset_test_split, data.dataset_config,
-                              default_split="test")
+                              default_split="test", role="eval", notes=notes)
     if not eval_rows and data.eval_fraction:
         train, eval_rows = hold_out(train, data.eval_fraction, seed)
+        notes.append(f"eval: {len(eval_rows)} rows held out of the training rows "
+                     f"(eval_fraction {data.eval_fraction})")
     if not train:
         raise ConfigError(f"no training rows in {data.dataset_name or data.dataset_mixer}")
+    if log is not None:
+        for note in notes:
+            log(f"data: {note}")
     return _cap(train, data.max_train_samples), _cap(eval_rows, data.max_eval_samples)
 
 
-def _eval_split(data: DataConfig) -> list[dict]:
-    path = Path(data.dataset_name).expanduser()
-    if data.dataset_test_split:
-        if path.is_file() or (path / "state.json").exists():
-            raise ConfigError(f"{data.dataset_name} holds one split, it has no split "
-                             f"{data.dataset_test_split!r}: use eval_dataset or eval_fraction")
-        return load_rows(data.dataset_name, data.dataset_test_split, data.dataset_config)
-    if path.is_dir() and not (path / "dataset_dict.json").exists():
-        return _read_folder(path, None, required=False)
-    return []
-
-
 def hold_out(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """A seeded random ``fraction`` of rows (at least one) for eval; both keep file order."""
+    """A seeded random ``fraction`` of rows (at least one) for eval; both keep file order.
+    Held-out rows keep their file and row number, and their errors say they are eval."""
     if not 0 < fraction < 1:
         raise ConfigError(f"eval_fraction must be in (0, 1), got {fraction}")
     if len(rows) < 2:
         raise ConfigError(f"eval_fraction needs at least 2 rows, got {len(rows)}")
     n_eval = min(len(rows) - 1, max(1, round(fraction * len(rows))))
     held = set(random.Random(seed).sample(range(len(rows)), n_eval))
-    return ([r for i, r in enumerate(rows) if i not in held],
-            [r for i, r in enumerate(rows) if i in held])
+    eval_rows = [relabel(r, "held out for eval by eval_fraction") for i, r in enumerate(rows)
+                 if i in held]
+    return [r for i, r in enumerate(rows) if i not in held], eval_rows
 
 
 def load_rows(name: str, split: Optional[str] = "train", config: Optional[str] = None,
-              default_split: str = "train") -> list[dict]:
+              default_split: str = "train", role: str = "train",
+              notes: Optional[list] = None) -> list[dict]:
     """Rows of one split of a local file or folder, or of a hub dataset.
 
     A single file is one split: all its rows, whatever ``split`` says."""
     path = Path(name).expanduser()
     if path.is_file():
-        return read_file(path)
+        if notes is not None:
+            notes.append(f"{role}: {path}")
+        return read_file(path, role)
+    wanted = split or default_split
+    where, names, reader, files = _split_source(name, config)
+    chosen = splits.choose(names, splits.split_kind(wanted) or "train", where, wanted=wanted,
+                           strict=path.is_dir(), files=files)
+    if not chosen:
+        raise ConfigError(f"no split {wanted!r} in {where}: found {', '.join(names)}")
+    _note(notes, where, role, chosen, names)
+    return [row for split_name in chosen for row in reader(split_name, role)]
+
+
+def load_source(name: str, train_split: Optional[str], test_split: Optional[str],
+                config: Optional[str], want_eval: bool = True,
+                notes: Optional[list] = None) -> tuple[list[dict], list[dict]]:
+    """(train rows, eval rows) of one file, folder, saved dataset or hub dataset."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        if test_split and want_eval:
+            raise ConfigError(f"{name} holds one split, it has no split {test_split!r}: use "
+                              "eval_dataset or eval_fraction")
+        if notes is not None:
+            notes.append(f"train: {path}")
+        return read_file(path), []
+    where, names, reader, files = _split_source(name, config)
+    strict = path.is_dir()
+    train_names = splits.choose(names, "train", where, wanted=train_split, strict=strict,
+                                files=files)
+    if not train_names:
+        raise ConfigError(f"no training split in {where}: found {', '.join(names)}")
+    eval_names = []
+    if want_eval:
+        partner = train_names[0] if len(train_names) == 1 else None
+        eval_names = splits.choose(names, "eval", where, wanted=test_split, partner=partner,
+                                   strict=strict, files=files)
+        if test_split and not eval_names:
+            raise ConfigError(f"no split {test_split!r} in {where}: found {', '.join(names)}")
+    _note(notes, where, "train", train_names, names, eval_names)
+    train = [row for split_name in train_names for row in reader(split_name, "train")]
+    eval_rows = [row for split_name in eval_names for row in reader(split_name, "eval")]
+    return train, eval_rows
+
+
+def _note(notes: Optional[list], where: str, role: str, chosen: list[str], names: list[str],
+          eval_names: Optional[list[str]] = None) -> None:
+    if notes is None:
+        return
+    line = f"{where}: {role} split {', '.join(chosen)}"
+    if eval_names:
+        line += f"; eval split {', '.join(eval_names)}"
+    unused = [n for n in names if n not in chosen and n not in (eval_names or [])]
+    notes.append(line + (f"; not used: {', '.join(unused)}" if unused else ""))
+
+
+def _split_source(name: str, config: Optional[str]):
+    """(description, split names, reader(split, role) -> rows, split -> its files or None)
+    of a multi-split source."""
+    path = Path(name).expanduser()
     if path.is_dir():
         if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
-            return _load_from_disk(path, split or default_split)
-        return _read_folder(path, split or default_split, required=True)
+            return (*_saved_dataset(path), None)
+        return _folder(path)
     if _looks_like_path(name):
         raise FileNotFoundError(f"data file or folder not found: {name}")
-    import datasets  # slow import; only hub datasets need it
-
-    return datasets.load_dataset(name, config, split=split or default_split).to_list()
+    return (*hub.splits_of(name, config), None)
 
 
-def read_file(path: Path) -> list[dict]:
-    """Rows of a .jsonl/.json/.parquet/.csv/.arrow file, optionally gzip-compressed."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data file not found: {path}")
-    suffix = _format_suffix(path)
-    if suffix is None:
-        raise ConfigError(f"unknown data file type: {path.name} (supported: "
-                         f"{', '.join(EXTENSIONS)}, each optionally .gz)")
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        raw = handle.read()
-    if suffix in (".jsonl", ".json"):
-        return _read_json(raw, path)
-    import pyarrow as pa
-
-    if suffix == ".csv":
-        import pyarrow.csv as pcsv
-
-        # pyarrow infers column types, so a label column reads as bool or int, not "True".
-        return pcsv.read_csv(pa.BufferReader(raw)).to_pylist()
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(pa.BufferReader(raw)).to_pylist()
-    try:  # Dataset.save_to_disk writes the IPC stream format; pyarrow.feather the file format
-        return pa.ipc.open_stream(pa.BufferReader(raw)).read_all().to_pylist()
-    except pa.ArrowInvalid:
-        return pa.ipc.open_file(pa.BufferReader(raw)).read_all().to_pylist()
-
-
-def _read_json(raw: bytes, path: Path) -> list[dict]:
-    # Editors on Windows save UTF-8 with a byte-order mark; json.loads refuses it.
-    raw = raw[3:] if raw.startswith(b"\xef\xbb\xbf") else raw
-    stripped = raw.lstrip()
-    if stripped.startswith((b"[", b"{")):
-        try:  # a JSON array, or one object: {"data": [...]} style
-            whole = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            if stripped.startswith(b"["):
-                raise ConfigError(f"{path}: not a readable JSON array: {error}") from None
-            whole = None  # JSON lines under a .json name
-        if isinstance(whole, list):
-            return whole
-        if isinstance(whole, dict):
-            lists = [v for v in whole.values() if isinstance(v, list)]
-            return lists[0] if len(lists) == 1 and len(whole) == 1 else [whole]
-    rows: list = []
-    for number, line in enumerate(raw.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line.decode("utf-8")))
-        except UnicodeDecodeError as error:
-            rows.append(UnreadableLine(number, f"not UTF-8: {error.reason} at byte {error.start}"))
-        except json.JSONDecodeError as error:
-            rows.append(UnreadableLine(number, f"not valid JSON: {error}"))
-    if rows and all(isinstance(row, UnreadableLine) for row in rows):
-        raise ConfigError(f"{path}: no line is valid JSON (line 1: {rows[0].problem})")
-    return rows
-
-
-def _format_suffix(path: Path) -> Optional[str]:
-    suffixes = path.suffixes[-2:] if path.suffix == ".gz" else path.suffixes[-1:]
-    suffix = suffixes[0].lower() if suffixes else ""
-    return suffix if suffix in EXTENSIONS else None
-
-
-def _split_of(path: Path) -> tuple[str, Optional[str]]:
-    """(exact split name, canonical split) of a file path relative to its folder:
-    ``test_prefs.jsonl`` -> ("test_prefs", "eval"), ``train/0.parquet`` -> ("0", "train");
-    no split word -> canonical None."""
-    stem = path.name.split(".")[0]
-    exact = _SHARD.sub("", stem)
-    words = set(re.split(r"[^a-z]+", "/".join(path.parts[:-1] + (stem,)).lower()))
-    canonical = "train" if "train" in words else "eval" if words & set(EVAL_WORDS) else None
-    return exact, canonical
-
-
-def _read_folder(folder: Path, split: Optional[str], required: bool) -> list[dict]:
-    """Rows of the files of one split: files named exactly ``split`` (shards allowed), else
-    those whose name holds the split's word (train, or test/eval/validation). ``split`` None
-    means the folder's eval files. Files with no split word count as train."""
+def _folder(folder: Path):
+    """A data folder: files grouped by split name (file name, else the nearest folder
+    naming a split; shards of one split together)."""
     # Hub snapshots keep shards in subfolders (data/train-00000-of-00001.parquet).
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and _format_suffix(p)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and format_suffix(p)
                    and not any(part.startswith(".") for part in p.relative_to(folder).parts))
     if not files:
         raise FileNotFoundError(f"no data files ({', '.join(EXTENSIONS)}) in {folder}")
-    named = {p: _split_of(p.relative_to(folder)) for p in files}
-    chosen = [p for p, (exact, _) in named.items() if split is not None and exact == split]
-    if not chosen:
-        words = set(re.split(r"[^a-z]+", (split or "eval").lower()))
-        wanted = "train" if "train" in words else "eval" if words & set(EVAL_WORDS) else None
-        chosen = [p for p, (_, canonical) in named.items()
-                  if wanted is not None and (canonical or "train") == wanted]
-    if not chosen and required:
-        raise ConfigError(f"no files for split {split!r} in {folder}: found "
-                         f"{', '.join(p.name for p in files)}")
-    return [row for path in chosen for row in read_file(path)]
+    groups: dict[str, list[Path]] = {}
+    for path in files:
+        groups.setdefault(_file_split(path.relative_to(folder)), []).append(path)
+
+    def reader(split_name: str, role: str) -> list[dict]:
+        return [row for path in groups[split_name] for row in read_file(path, role)]
+
+    files = {name: ", ".join(str(p.relative_to(folder)) for p in paths)
+             for name, paths in groups.items()}
+    return f"data folder {folder}", list(groups), reader, files
 
 
-def _load_from_disk(path: Path, split: str) -> list[dict]:
+def _file_split(relative: Path) -> str:
+    stem = splits.SHARD.sub("", relative.name.split(".")[0])
+    if splits.split_kind(stem):
+        return stem
+    for part in reversed(relative.parts[:-1]):
+        if splits.split_kind(part):
+            return part
+    return str(relative)
+
+
+def _saved_dataset(path: Path):
     import datasets
 
-    loaded = datasets.load_from_disk(str(path))
-    if isinstance(loaded, datasets.DatasetDict):
-        if split not in loaded:
-            raise ConfigError(f"no split {split!r} in {path}: found {sorted(loaded)}")
-        loaded = loaded[split]
-    return loaded.to_list()
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except Exception as error:  # corrupt or partial save_to_disk folders fail many ways
+        raise file_error(path, "not a readable saved dataset",
+                         f"{type(error).__name__}: {error}") from None
+    if isinstance(loaded, datasets.Dataset):
+        loaded = {"train": loaded}
+
+    def reader(split_name: str, role: str) -> list[dict]:
+        return hub.sourced(loaded[split_name], f"{path} split {split_name}", role)
+
+    return f"saved dataset {path}", sorted(loaded), reader
 
 
-def _mix(data: DataConfig, seed: int) -> tuple[list[dict], list[dict]]:
+def _mix(data: DataConfig, seed: int, notes: list) -> tuple[list[dict], list[dict]]:
     """SimPO / alignment-handbook mixing: each source contributes a seeded random
     ``fraction`` of its train split and all of its test split."""
-    splits = list(data.dataset_splits or ["train", "test"])
+    names = list(data.dataset_splits or ["train", "test"])
     train, eval_rows = [], []
     for name, fraction in data.dataset_mixer.items():
         if not 0 < float(fraction) <= 1:
             raise ConfigError(f"dataset_mixer fraction for {name} must be in (0, 1], got "
                              f"{fraction}")
-        rows = load_rows(name, splits[0], data.dataset_config)
+        test_split = names[1] if len(names) > 1 else None
+        is_file = Path(name).expanduser().is_file()
+        rows, held = load_source(name, names[0], None if is_file else test_split,
+                                 data.dataset_config, want_eval=not is_file, notes=notes)
+        if data.dataset_splits and len(names) > 1 and not is_file and not held:
+            # The default ["train", "test"] tolerates a source without a test split;
+            # splits the user named must exist.
+            raise ConfigError(f"no split {names[1]!r} in {name}")
         if float(fraction) < 1:
             keep = sorted(random.Random(seed).sample(range(len(rows)),
                                                      int(float(fraction) * len(rows))))
             rows = [rows[i] for i in keep]
         train += rows
-        if len(splits) > 1 and not Path(name).expanduser().is_file():
-            try:
-                eval_rows += load_rows(name, splits[1], data.dataset_config)
-            except ValueError:
-                # The default ["train", "test"] tolerates a source without a test split;
-                # splits the user named must exist.
-                if data.dataset_splits:
-                    raise
+        eval_rows += held
     return train, eval_rows
 
 
@@ -236,3 +225,4 @@ def _cap(rows: list[dict], limit: Optional[int]) -> list[dict]:
 def _looks_like_path(name: str) -> bool:
     return (name.startswith((".", "/", "~")) or "\\" in name
             or Path(name).suffix.lower() in EXTENSIONS + (".gz",) or name.count("/") > 1)
+

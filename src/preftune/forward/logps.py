@@ -65,6 +65,25 @@ def completion_logps_from_logits(logits: torch.Tensor, input_ids: torch.Tensor,
     return token_logps(picked, targets) * mask, mask
 
 
+def log_sum_sq_probs(logits: torch.Tensor) -> torch.Tensor:
+    """``log sum_v softmax(logits)_v^2`` over the last dimension, in log space:
+    ``logsumexp(2 z) - 2 logsumexp(z)`` (no probability is squared and underflows)."""
+    return torch.logsumexp(2.0 * logits, dim=-1) - 2.0 * torch.logsumexp(logits, dim=-1)
+
+
+def completion_log_sum_sq(logits: torch.Tensor, starts: Sequence[int], lengths: Sequence[int]
+                          ) -> torch.Tensor:
+    """``log sum_v pi(v | prefix)^2`` at each completion position (WPO's alignment term,
+    objectives/weighting.py), completion-aligned like the log-probs; no gradient."""
+    rows, width = len(starts), max(lengths)
+    out = torch.zeros(rows, width, dtype=logps_dtype(logits.dtype), device=logits.device)
+    with torch.no_grad():
+        for i, (start, length) in enumerate(zip(starts, lengths)):
+            row = logits[i, start - 1:start - 1 + length].to(out.dtype)
+            out[i, :length] = log_sum_sq_probs(row)
+    return out
+
+
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The transformers model inside DDP / DeepSpeed / accelerate wrappers."""
     while isinstance(getattr(model, "module", None), torch.nn.Module):
@@ -85,8 +104,10 @@ class PaddedForward:
 
     name = "padded"
 
-    def __init__(self, pad_token_id: int = 0):
+    def __init__(self, pad_token_id: int = 0, log_sum_sq: bool = False):
         self.pad_token_id = pad_token_id
+        # WPO's alignment term (use_weighting): one more vocabulary reduction per token.
+        self.log_sum_sq = log_sum_sq
 
     def __call__(self, model: torch.nn.Module, pairs: Sequence[TokenizedPair],
                  device: torch.device) -> SequenceLogps:
@@ -102,6 +123,11 @@ class PaddedForward:
         n = len(pairs)
         wc = max(len(p.chosen_ids) for p in pairs)
         wr = max(len(p.rejected_ids) for p in pairs)
-        return SequenceLogps(chosen=logps[:n, :wc], chosen_mask=mask[:n, :wc],
-                             rejected=logps[n:, :wr], rejected_mask=mask[n:, :wr],
-                             aux_loss=getattr(outputs, "aux_loss", None))
+        result = SequenceLogps(chosen=logps[:n, :wc], chosen_mask=mask[:n, :wc],
+                               rejected=logps[n:, :wr], rejected_mask=mask[n:, :wr],
+                               aux_loss=getattr(outputs, "aux_loss", None))
+        if self.log_sum_sq:
+            squares = completion_log_sum_sq(outputs.logits, starts, lengths)
+            result.chosen_log_sum_sq = squares[:n, :wc]
+            result.rejected_log_sum_sq = squares[n:, :wr]
+        return result

@@ -63,11 +63,35 @@ def sampo_keep_masks(chosen_mask: torch.Tensor, rejected_mask: torch.Tensor,
     return keep_chosen, keep_rejected
 
 
+def ld_token_weights(chosen_mask: torch.Tensor, rejected_mask: torch.Tensor, ld_alpha: float
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """LD-DPO's token weights (Liu et al. 2024, arXiv:2409.06411): per pair, the first
+    ``min(n_w, n_l)`` completion tokens count 1, the longer completion's excess tokens
+    ``ld_alpha`` (1 is plain DPO, 0 drops the excess). They replace the masks in the sums,
+    so policy and reference are weighted alike; "mean" then divides the weighted sum by the
+    full length, as TRL's IPO divides its LD-weighted sum."""
+    shared = torch.minimum(chosen_mask.sum(-1), rejected_mask.sum(-1)).unsqueeze(-1)
+
+    def weights(mask: torch.Tensor) -> torch.Tensor:
+        position = mask.long().cumsum(-1)  # 1 at the first completion token
+        tail = mask & (position > shared)
+        return mask.to(torch.float64) - (1.0 - float(ld_alpha)) * tail.to(torch.float64)
+
+    return weights(chosen_mask), weights(rejected_mask)
+
+
 def reduce_logps(kind: str, policy: SequenceLogps, reference: Optional[SequenceLogps] = None,
                  *, example_ids: Sequence[int] = (), seed: int = 0, step: int = 0,
-                 labels: Optional[torch.Tensor] = None) -> ReducedLogps:
-    """Apply reduction ``kind`` ("sum", "mean" or "sampo") to policy and reference alike."""
+                 labels: Optional[torch.Tensor] = None,
+                 ld_alpha: Optional[float] = None) -> ReducedLogps:
+    """Apply reduction ``kind`` ("sum", "mean" or "sampo") to policy and reference alike;
+    ``ld_alpha`` (LD-DPO, not with "sampo") down-weights the tokens past the shared length."""
     chosen_mask, rejected_mask = policy.chosen_mask, policy.rejected_mask
+    if ld_alpha is not None:
+        if kind == "sampo":
+            raise ValueError("ld_alpha does not combine with SamPO's down-sampling (both "
+                             "remove the length excess; give one)")
+        return _ld_reduce(kind, policy, reference, labels, float(ld_alpha))
     if kind == "sampo":
         chosen_mask, rejected_mask = sampo_keep_masks(chosen_mask, rejected_mask,
                                                       example_ids, seed, step)
@@ -88,4 +112,26 @@ def reduce_logps(kind: str, policy: SequenceLogps, reference: Optional[SequenceL
     if reference is not None:
         reduced.ref_chosen = reduce(reference.chosen, chosen_mask)
         reduced.ref_rejected = reduce(reference.rejected, rejected_mask)
+    return reduced
+
+
+def _ld_reduce(kind: str, policy: SequenceLogps, reference: Optional[SequenceLogps],
+               labels: Optional[torch.Tensor], ld_alpha: float) -> ReducedLogps:
+    """"sum" or "mean" with LD-DPO's token weights (:func:`ld_token_weights`)."""
+    if kind not in ("sum", "mean"):
+        raise ValueError(f"unknown reduction {kind!r}")
+    chosen_w, rejected_w = ld_token_weights(policy.chosen_mask, policy.rejected_mask, ld_alpha)
+
+    def reduce(token_logps: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor):
+        total = (token_logps * weights.to(token_logps.dtype)).sum(-1)
+        return total if kind == "sum" else total / mask.sum(-1).clamp(min=1)
+
+    reduced = ReducedLogps(
+        chosen=reduce(policy.chosen, chosen_w, policy.chosen_mask),
+        rejected=reduce(policy.rejected, rejected_w, policy.rejected_mask),
+        chosen_lengths=policy.chosen_mask.sum(-1),
+        rejected_lengths=policy.rejected_mask.sum(-1), labels=labels)
+    if reference is not None:
+        reduced.ref_chosen = reduce(reference.chosen, chosen_w, policy.chosen_mask)
+        reduced.ref_rejected = reduce(reference.rejected, rejected_w, policy.rejected_mask)
     return reduced

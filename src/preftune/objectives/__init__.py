@@ -13,6 +13,7 @@ from preftune.objectives.hyperparameters import HyperParameter
 
 # Imported for their side effect: each module registers its objectives.
 from preftune.objectives import kto, margin_family, orpo, sft, sigmoid_family  # noqa: F401,E402
+from preftune.objectives import aot, apo, bco, discopop, dpo_variants  # noqa: F401,E402
 
 __all__ = ["REGISTRY", "Objective", "HyperParameter", "get_objective", "register",
            "hyperparameter_spellings", "objectives_taking", "compute_objective", "step_loss",

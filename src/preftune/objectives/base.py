@@ -38,6 +38,11 @@ class Objective:
             bounds and other spellings.
         nll_weight: default weight of the chosen-completion NLL term (``cpo_alpha``).
         loss_fn: the pure formula, ``(ReducedLogps, hyperparameters) -> ObjectiveTerms``.
+        batch_coupled: an example's loss depends on the other examples of its call (a
+            batch statistic: KTO's reference point, BCO's reward shift; or a sort over the
+            batch: AOT). Such a formula sees one micro-batch on one process, so gradient
+            accumulation and data parallelism change its loss; every other objective's
+            accumulated loss equals one large batch's exactly.
     """
 
     name: str
@@ -49,6 +54,7 @@ class Objective:
     loss_fn: LossFn
     hyperparameters: tuple[HyperParameter, ...] = ()
     nll_weight: float = 0.0
+    batch_coupled: bool = False
 
     def __post_init__(self) -> None:
         if self.reduction not in REDUCTIONS:

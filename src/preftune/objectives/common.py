@@ -11,11 +11,15 @@ from preftune.types import ReducedLogps
 
 
 def log_ratios(reduced: ReducedLogps) -> tuple[torch.Tensor, torch.Tensor]:
-    """``lp - ref`` for the chosen and rejected sequences (already reduced)."""
+    """``lp - ref`` for the chosen and rejected sequences (already reduced), or f-DPO's
+    scores of them when an ``f_divergence_type`` other than reverse_kl set them."""
     if reduced.ref_chosen is None or reduced.ref_rejected is None:
         # compute_objective checks this too; the message here helps when a formula is
         # called directly (tests, notebooks).
         raise ValueError("this objective needs reference log-probs (ref_chosen/ref_rejected)")
+    if reduced.chosen_scores is not None and reduced.rejected_scores is not None:
+        # f-DPO: the divergence's f'-score takes the log-ratio's place (weighting.py).
+        return reduced.chosen_scores, reduced.rejected_scores
     return reduced.chosen - reduced.ref_chosen, reduced.rejected - reduced.ref_rejected
 
 

@@ -17,7 +17,11 @@ import torch
 
 from preftune.forward.reduction import reduce_logps
 from preftune.objectives.base import Objective
+from preftune.objectives.mixture import Component, Mixture, combine
+from preftune.objectives.weighting import ScoringOptions, apply_f_divergence, wpo_weights
 from preftune.types import ObjectiveTerms, ReducedLogps, SequenceLogps
+
+NO_OPTIONS = ScoringOptions()
 
 
 @dataclass
@@ -38,29 +42,44 @@ def nll_token_mask(policy: SequenceLogps, labels: Optional[torch.Tensor]) -> tor
     return policy.chosen_mask & labels.bool().unsqueeze(-1)
 
 
-def compute_objective(objective: Objective, hparams: Mapping[str, float], policy: SequenceLogps,
-                      reference: Optional[SequenceLogps] = None, *,
+def compute_objective(objective: Objective | Mixture, hparams: Mapping[str, float],
+                      policy: SequenceLogps, reference: Optional[SequenceLogps] = None, *,
                       example_ids: Sequence[int] = (), seed: int = 0, step: int = 0,
                       labels: Optional[torch.Tensor] = None,
                       nll_weight: Optional[float] = None,
-                      reference_free: bool = False) -> ObjectiveOutput:
+                      reference_free: bool = False,
+                      options: ScoringOptions = NO_OPTIONS) -> ObjectiveOutput:
     """Reduce, apply the objective's formula, and compute the NLL sums (not yet normalised).
 
     ``reference_free`` scores a reference-based objective against a uniform reference
     (all reference log-probs 0), as TRL's ``reference_free`` flag and its CPO trainer do.
+    A :class:`Mixture` runs each component on its own reduction of the same log-probs
+    (``hparams`` is then unused: each component carries its own). ``options``: the DPOConfig
+    options of objectives/weighting.py, applied around every component's formula.
     """
     if objective.needs_reference and reference is None:
         if not reference_free:
             raise ValueError(f"method {objective.name!r} needs reference log-probs")
         reference = SequenceLogps(torch.zeros_like(policy.chosen), policy.chosen_mask,
                                   torch.zeros_like(policy.rejected), policy.rejected_mask)
-    reduced = reduce_logps(objective.reduction, policy, reference, example_ids=example_ids,
-                           seed=seed, step=step, labels=labels)
-    terms = objective(reduced, hparams)
+    components = (objective.components if isinstance(objective, Mixture)
+                  else (Component(objective, hparams, 1.0, objective.name),))
+    reductions: dict[str, ReducedLogps] = {}
+    for kind in dict.fromkeys(c.objective.reduction for c in components):
+        reductions[kind] = apply_f_divergence(reduce_logps(
+            kind, policy, reference, example_ids=example_ids, seed=seed, step=step,
+            labels=labels, ld_alpha=options.ld_alpha), options)
+    parts = [c.objective(reductions[c.objective.reduction], c.hparams) for c in components]
+    if options.use_weighting:
+        weights = wpo_weights(policy)
+        for terms in parts:
+            terms.losses = terms.losses * weights
+        parts[0].metrics["wpo/weights"] = weights
+    terms = combine(objective, parts) if isinstance(objective, Mixture) else parts[0]
     mask = nll_token_mask(policy, labels)
     return ObjectiveOutput(
         terms=terms,
-        reduced=reduced,
+        reduced=reductions[components[0].objective.reduction],
         nll_sum=-(policy.chosen * mask).sum(),
         nll_tokens=mask.sum(),
         nll_weight=objective.nll_weight if nll_weight is None else float(nll_weight),

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from preftune.errors import ConfigError
-from preftune.objectives.interval import ANY, POSITIVE, Interval
+from preftune.objectives.interval import ANY, NON_NEGATIVE, POSITIVE, Interval
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,8 @@ class HyperParameter:
         scaled_aliases: spellings of this value divided by another hyperparameter:
             ``(("gamma_beta_ratio", "beta"),)`` reads gamma = gamma_beta_ratio x beta.
         type: float or int.
+        option: an addition to the formula that its default turns off (AlphaPO's alpha):
+            a run's description names it only when set.
     """
 
     name: str
@@ -39,6 +41,7 @@ class HyperParameter:
     aliases: tuple[str, ...] = ()
     scaled_aliases: tuple[tuple[str, str], ...] = ()
     type: type = float
+    option: bool = False
 
     def __post_init__(self) -> None:
         if self.default not in self.bounds:
@@ -70,3 +73,10 @@ LABEL_SMOOTHING = HyperParameter(
     # At 0.5 the loss of a pair equals that of the swapped pair: nothing is learned.
     Interval(0.0, 0.5, high_open=True))
 
+
+# The unpaired objectives' (KTO, APO-zero unpaired) weights of the two kinds of example.
+DESIRABLE_WEIGHT = HyperParameter("desirable_weight", 1.0, "weight lambda_D of the desirable "
+                                  "examples' losses (TRL's desirable_weight)", NON_NEGATIVE)
+UNDESIRABLE_WEIGHT = HyperParameter("undesirable_weight", 1.0, "weight lambda_U of the "
+                                    "undesirable examples' losses (TRL's undesirable_weight)",
+                                    NON_NEGATIVE)

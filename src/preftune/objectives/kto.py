@@ -17,8 +17,7 @@ import torch
 
 from preftune.objectives.base import Objective, register
 from preftune.objectives.common import log_ratios
-from preftune.objectives.hyperparameters import HyperParameter, beta
-from preftune.objectives.interval import NON_NEGATIVE
+from preftune.objectives.hyperparameters import DESIRABLE_WEIGHT, UNDESIRABLE_WEIGHT, beta
 from preftune.types import ObjectiveTerms, ReducedLogps
 
 
@@ -84,7 +83,7 @@ KTO_PAIR = register(Objective(
     equation="0.5 [(1 - sigma(beta (r_w - z_l))) + (1 - sigma(beta (z_w - r_l)))], r = lp - ref, "
              "z = max(0, batch mean of r), detached",
     needs_reference=True, paired=True, reduction="sum", loss_fn=kto_pair_loss,
-    hyperparameters=(beta(0.1),),
+    hyperparameters=(beta(0.1),), batch_coupled=True,
 ))
 
 KTO = register(Objective(
@@ -97,8 +96,6 @@ KTO = register(Objective(
     needs_reference=True, paired=False, reduction="sum", loss_fn=kto_loss,
     hyperparameters=(
         beta(0.1),
-        HyperParameter("desirable_weight", 1.0, "weight lambda_D of the desirable "
-                       "examples' losses (TRL's desirable_weight)", NON_NEGATIVE),
-        HyperParameter("undesirable_weight", 1.0, "weight lambda_U of the undesirable "
-                       "examples' losses (TRL's undesirable_weight)", NON_NEGATIVE)),
+        DESIRABLE_WEIGHT, UNDESIRABLE_WEIGHT),
+    batch_coupled=True,
 ))

@@ -11,13 +11,14 @@ its spellings (``gamma``, ``simpo_gamma``, ``gamma_beta_ratio`` x ``beta``).
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Mapping, Optional
+from dataclasses import dataclass, replace
+from typing import Optional
 
 from preftune.config import ConfigError, MethodConfig
-from preftune.objectives import (Objective, get_objective, hyperparameter_spellings,
-                                 objectives_taking)
+from preftune.objectives import Objective, get_objective
+from preftune.objectives.options import is_mixture, resolve_mixture, scoring_options
+from preftune.objectives.resolve import resolve_hyperparameters
+from preftune.objectives.weighting import ScoringOptions
 
 # TRL CPOConfig loss types; with cpo_alpha > 0 "sigmoid" is CPO and "simpo" is CPO-SimPO.
 _CPO_LOSS_TYPES = {"sigmoid": ("cpo", "cpo"), "simpo": ("simpo", "cpo-simpo"),
@@ -25,6 +26,11 @@ _CPO_LOSS_TYPES = {"sigmoid": ("cpo", "cpo"), "simpo": ("simpo", "cpo-simpo"),
 _TRL_CPO_DEFAULT_ALPHA = 1.0
 # Loss types TRL's DPOTrainer also has: given a ref_model, the user means that reading.
 _DPO_LOSS_TYPES = ("ipo", "hinge")
+# Keys of the SimPO repository's SimPOConfig that TRL's configs lack; and its default
+# gamma_beta_ratio, used when its file gives no margin.
+_SIMPO_REPO_KEYS = ("gamma_beta_ratio", "gamma")
+_SIMPO_REPO_DEFAULT_RATIO = 0.25
+_MARGIN_SPELLINGS = ("gamma", "simpo_gamma", "gamma_beta_ratio")
 
 
 @dataclass
@@ -35,17 +41,22 @@ class ResolvedMethod:
     reference_free: bool
     note: str = ""
     """How a ``loss_type`` spelling was read, for the run's log; empty for ``method``."""
+    options: ScoringOptions = ScoringOptions()
+    """The DPOConfig options around the formula (objectives/weighting.py)."""
 
     @property
     def needs_reference(self) -> bool:
         return self.objective.needs_reference and not self.reference_free
 
     def describe(self) -> str:
-        parts = [f"{k}={v:g}" for k, v in sorted(self.hparams.items())]
+        off = {h.name for h in self.objective.hyperparameters
+               if h.option and self.hparams.get(h.name) == h.default}
+        parts = [f"{k}={v:g}" for k, v in sorted(self.hparams.items()) if k not in off]
         if self.nll_weight:
             parts.append(f"nll_weight={self.nll_weight:g}")
         if self.reference_free:
             parts.append("reference_free")
+        parts.extend(self.options.describe())
         return f"{self.objective.name} ({', '.join(parts)})"
 
 
@@ -56,9 +67,38 @@ def _nll_weight(cfg: MethodConfig) -> float | None:
 
 
 def chooses_objective(cfg: MethodConfig) -> bool:
-    """Whether the config names an objective (the SimPO repository's configs name none, but
-    their ``gamma_beta_ratio`` says SimPO)."""
-    return bool(cfg.method or cfg.loss_type or "gamma_beta_ratio" in cfg.hyperparameters)
+    """Whether the config names an objective, by name or by the keys of the trainer it was
+    written for (the SimPO and CPO-SimPO repositories' configs often give no loss_type)."""
+    return bool(cfg.method or cfg.loss_type or _simpo_repository_config(cfg)
+                or _cpo_config(cfg))
+
+
+def _simpo_repository_config(cfg: MethodConfig) -> bool:
+    """Keys only the SimPO repository's SimPOConfig has (its run_simpo.py trains SimPO),
+    with none of TRL's loss types but the two that config also knows."""
+    keys = cfg.sft_weight is not None or any(k in cfg.hyperparameters for k in _SIMPO_REPO_KEYS)
+    return keys and (cfg.loss_type or "sigmoid").lower() in ("sigmoid", "hinge")
+
+
+def _cpo_config(cfg: MethodConfig) -> bool:
+    """Keys only TRL's CPOConfig has (the CPO-SimPO repository's run_cpo.py reads it)."""
+    return cfg.cpo_alpha is not None or "simpo_gamma" in cfg.hyperparameters
+
+
+def _from_simpo_repository(cfg: MethodConfig, nll: Optional[float]
+                           ) -> tuple[str, Optional[float], str]:
+    """(objective, NLL weight, note) as the SimPO repository's trainer reads its config:
+    loss ``sigmoid`` (its default) is SimPO, plus ``sft_weight`` x NLL when that is > 0;
+    the margin is ``gamma`` (earlier files) or ``gamma_beta_ratio`` x beta (default 0.25)."""
+    loss_type = (cfg.loss_type or "sigmoid").lower()
+    if loss_type != "sigmoid":
+        raise ConfigError(f"loss_type {cfg.loss_type!r} with the SimPO repository's keys "
+                          f"({', '.join(_SIMPO_REPO_KEYS)}, sft_weight): its SimPOTrainer's "
+                          "hinge variant is not available; use loss_type sigmoid (SimPO) or "
+                          "method hinge")
+    name = "cpo-simpo" if nll else "simpo"
+    return name, nll or 0.0, (f"SimPO repository config: its SimPOTrainer's {loss_type} loss, "
+                              f"{name}" + (f" with sft_weight {nll:g}" if nll else ""))
 
 
 def _from_loss_type(cfg: MethodConfig, nll: Optional[float], ref_model: Optional[str]
@@ -85,6 +125,13 @@ def _from_loss_type(cfg: MethodConfig, nll: Optional[float], ref_model: Optional
 def resolve_method(cfg: MethodConfig, ref_model: Optional[str] = None) -> ResolvedMethod:
     """The objective and its checked hyperparameters. ``ref_model``: the run's reference
     model setting, which decides how ``loss_type`` ipo and hinge are read."""
+    if is_mixture(cfg):  # a loss_type list: objectives/options.py
+        mixture = resolve_mixture(cfg)
+        # Shown in the run's log and model card; each component runs with its own.
+        shown = {k: v for c in reversed(mixture.components) for k, v in c.hparams.items()}
+        return ResolvedMethod(mixture, shown, mixture.nll_weight, cfg.reference_free,
+                              "loss_type list: TRL DPOConfig's weighted loss types",
+                              scoring_options(cfg))
     nll = _nll_weight(cfg)
     reference_free, note = cfg.reference_free, ""
     if cfg.method and cfg.loss_type:
@@ -92,51 +139,23 @@ def resolve_method(cfg: MethodConfig, ref_model: Optional[str] = None) -> Resolv
                           "the objective: give one (loss_type is TRL's spelling)")
     if cfg.method:
         name = cfg.method
+    elif _simpo_repository_config(cfg):
+        name, nll, note = _from_simpo_repository(cfg, nll)
     elif cfg.loss_type:
         name, nll, reference_free, note = _from_loss_type(cfg, nll, ref_model)
-    elif "gamma_beta_ratio" in cfg.hyperparameters:
-        name = "simpo"  # the SimPO repository's configs carry no loss_type
+    elif _cpo_config(cfg):
+        # TRL's CPOConfig (and the CPO-SimPO repository's copy) default loss_type to sigmoid.
+        name, nll, reference_free, note = _from_loss_type(
+            replace(cfg, loss_type="sigmoid"), nll, ref_model)
+        note = "no loss_type: CPOConfig's default, sigmoid; " + note
     else:
         raise ConfigError("no objective chosen: set --method (see `preftune methods`)")
     objective = get_objective(name)
-    hparams = resolve_hyperparameters(objective, cfg.hyperparameters)
+    given = dict(cfg.hyperparameters)
+    if name in ("simpo", "cpo-simpo") and _simpo_repository_config(cfg) and not any(
+            k in given for k in _MARGIN_SPELLINGS):
+        given["gamma_beta_ratio"] = _SIMPO_REPO_DEFAULT_RATIO
+    hparams = resolve_hyperparameters(objective, given)
     return ResolvedMethod(objective, hparams,
                           objective.nll_weight if nll is None else float(nll), reference_free,
-                          note)
-
-
-def resolve_hyperparameters(objective: Objective, given: Mapping[str, float]) -> dict:
-    """The objective's defaults with the given values, each checked against its declaration.
-    A spelling the objective does not declare is refused, and the spellings of one
-    hyperparameter must agree."""
-    for spelling in given:
-        if objective.declaration(spelling) is None:
-            raise ConfigError(_not_taken(objective, spelling))
-    hparams = objective.defaults
-    for declared in objective.hyperparameters:
-        values = {s: declared.check(given[s], s)
-                  for s in (declared.name, *declared.aliases) if s in given}
-        for alias, base in declared.scaled_aliases:
-            if alias in given:
-                # The base is declared earlier (Objective checks), so it is resolved here.
-                values[alias] = declared.check(given[alias] * hparams[base], f"{alias} x {base}")
-        if not values:
-            continue
-        first = next(iter(values.values()))
-        if any(not math.isclose(v, first, rel_tol=1e-9) for v in values.values()):
-            scaled = "".join(f"; {declared.name} = {alias} x {base}"
-                             for alias, base in declared.scaled_aliases)
-            raise ConfigError(f"conflicting values for {declared.name}: {values} (spellings "
-                              f"of one hyperparameter{scaled}): give one")
-        hparams[declared.name] = first
-    return hparams
-
-
-def _not_taken(objective: Objective, spelling: str) -> str:
-    takers = objectives_taking(spelling)
-    declared = hyperparameter_spellings().get(spelling)
-    what = declared.doc if declared is not None else f"hyperparameter {spelling!r}"
-    where = (f"{', '.join(takers)} take{'s' if len(takers) == 1 else ''} it" if takers
-             else "no objective takes it")
-    return (f"{spelling}: {objective.name} has no {what}; {where}. Drop {spelling}, or choose "
-            "a method that takes it")
+                          note, scoring_options(cfg))

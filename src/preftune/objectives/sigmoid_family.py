@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
+from preftune.objectives.alphapo import ALPHA, shaped_margin, shaped_reward
 from preftune.objectives.base import Objective, register
 from preftune.objectives.common import log_ratios, positive, smoothed_sigmoid_loss
 from preftune.objectives.hyperparameters import LABEL_SMOOTHING, HyperParameter, beta
@@ -62,13 +63,18 @@ def rdpo_loss(reduced: ReducedLogps, hparams: Mapping[str, float]) -> ObjectiveT
 
 def cpo_loss(reduced: ReducedLogps, hparams: Mapping[str, float]) -> ObjectiveTerms:
     """CPO, Xu et al. 2024 (arXiv:2401.08417): ``-log sigma(beta [lp(y_w) - lp(y_l)])`` on
-    summed log-probs, no reference; the ``alpha NLL(y_w)`` term is added by compute.py."""
-    beta = float(hparams["beta"])
-    logits = beta * (reduced.chosen - reduced.rejected)
+    summed log-probs, no reference; the ``alpha NLL(y_w)`` term is added by compute.py.
+    With AlphaPO's ``alpha`` (objectives/alphapo.py) lp becomes ``(1 - p^-alpha) / alpha``
+    in the margin and the rewards, as TRL's CPOTrainer applies it to every loss type."""
+    beta, alpha = float(hparams["beta"]), float(hparams["alpha"])
+    if alpha:
+        logits = shaped_margin(reduced.chosen, reduced.rejected, alpha, beta)
+    else:
+        logits = beta * (reduced.chosen - reduced.rejected)
     return ObjectiveTerms(
         losses=smoothed_sigmoid_loss(logits, hparams["label_smoothing"]),
-        chosen_rewards=(beta * reduced.chosen).detach(),
-        rejected_rewards=(beta * reduced.rejected).detach(),
+        chosen_rewards=(beta * shaped_reward(reduced.chosen, alpha)).detach(),
+        rejected_rewards=(beta * shaped_reward(reduced.rejected, alpha)).detach(),
     )
 
 
@@ -79,14 +85,19 @@ def simpo_loss(reduced: ReducedLogps, hparams: Mapping[str, float]) -> Objective
     Written as ``beta * (delta - gamma / beta)``, the spelling of TRL and of the SimPO
     repository's ``gamma_beta_ratio``: the same number, and the same rounding as theirs.
     ``gamma`` is the absolute margin (TRL's ``simpo_gamma``). Also CPO-SimPO's preference
-    term (its NLL term is added by compute.py).
+    term (its NLL term is added by compute.py). With ``alpha`` != 0 it is AlphaPO (Gupta
+    et al. 2025, arXiv:2501.03884): the mean log-probs become ``(1 - p^-alpha) / alpha``.
     """
     beta, gamma = positive(hparams, "beta"), float(hparams["gamma"])
-    logits = beta * ((reduced.chosen - reduced.rejected) - gamma / beta)
+    alpha = float(hparams["alpha"])
+    if alpha:
+        logits = shaped_margin(reduced.chosen, reduced.rejected, alpha, beta) - gamma
+    else:
+        logits = beta * ((reduced.chosen - reduced.rejected) - gamma / beta)
     return ObjectiveTerms(
         losses=smoothed_sigmoid_loss(logits, hparams["label_smoothing"]),
-        chosen_rewards=(beta * reduced.chosen).detach(),
-        rejected_rewards=(beta * reduced.rejected).detach(),
+        chosen_rewards=(beta * shaped_reward(reduced.chosen, alpha)).detach(),
+        rejected_rewards=(beta * shaped_reward(reduced.rejected, alpha)).detach(),
     )
 
 
@@ -138,7 +149,7 @@ CPO = register(Objective(
           "Optimization, arXiv:2401.08417",
     equation="-log sigma(beta [lp(y_w) - lp(y_l)]) + alpha NLL(y_w)",
     needs_reference=False, paired=True, reduction="sum", loss_fn=cpo_loss,
-    hyperparameters=(beta(0.1), LABEL_SMOOTHING), nll_weight=1.0,
+    hyperparameters=(beta(0.1), LABEL_SMOOTHING, ALPHA), nll_weight=1.0,
 ))
 
 SIMPO = register(Objective(
@@ -147,7 +158,7 @@ SIMPO = register(Objective(
           "Reference-Free Reward, arXiv:2405.14734",
     equation="-log sigma(beta [avg(y_w) - avg(y_l)] - gamma), avg = lp / n",
     needs_reference=False, paired=True, reduction="mean", loss_fn=simpo_loss,
-    hyperparameters=(beta(2.0), margin(1.0), LABEL_SMOOTHING),
+    hyperparameters=(beta(2.0), margin(1.0), LABEL_SMOOTHING, ALPHA),
 ))
 
 CPO_SIMPO = register(Objective(
@@ -156,5 +167,5 @@ CPO_SIMPO = register(Objective(
           "arXiv:2405.14734) plus CPO's NLL term (Xu et al. 2024, arXiv:2401.08417)",
     equation="-log sigma(beta [avg(y_w) - avg(y_l)] - gamma) + alpha NLL(y_w)",
     needs_reference=False, paired=True, reduction="mean", loss_fn=simpo_loss,
-    hyperparameters=(beta(10.0), margin(5.4), LABEL_SMOOTHING), nll_weight=0.05,
+    hyperparameters=(beta(10.0), margin(5.4), LABEL_SMOOTHING, ALPHA), nll_weight=0.05,
 ))

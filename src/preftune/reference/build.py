@@ -91,7 +91,7 @@ def _cached(config, accelerator, source, tokenizer, pairs, log) -> Callable:
 
     t = config.training
     return cached_reference(
-        source, tokenizer, list(pairs), device=accelerator.device,
+        source, tokenizer, pairs, device=accelerator.device,
         batch_size=t.per_device_eval_batch_size,
         cache_dir=config.model.ref_cache_dir or cache_dir() / "reference", log=log,
         progress=t.progress_bar and accelerator.is_local_main_process,

@@ -36,6 +36,12 @@ def fingerprint_model(model: torch.nn.Module) -> str:
 
 
 def fingerprint_pairs(pairs: Sequence[TokenizedPair]) -> str:
+    # The tokenized cache's pairs (data/store.py) keep theirs: computed once per store.
+    kept = getattr(pairs, "pairs_fingerprint", None)
+    return kept() if kept is not None else digest_pairs(pairs)
+
+
+def digest_pairs(pairs: Sequence[TokenizedPair]) -> str:
     digest = hashlib.blake2b(digest_size=16)
     for p in pairs:
         digest.update(json.dumps([p.example_id, p.prompt_ids, p.chosen_ids, p.rejected_ids,

@@ -18,6 +18,7 @@ from preftune.config import Config
 from preftune.distributed import all_reduce
 from preftune.objectives import compute_objective, example_metrics
 from preftune.objectives.method import ResolvedMethod
+from preftune.objectives.mixture import add_component_losses
 from preftune.train.metrics import MetricWindow, total_loss
 from preftune.train.pauses import EVAL_DELAY_ENV, pause
 from preftune.types import TokenizedPair
@@ -55,7 +56,7 @@ def batch_output(parts: ScoringParts, pairs: Sequence[TokenizedPair], step: int)
         method.objective, method.hparams, policy, reference,
         example_ids=[p.example_id for p in pairs], seed=parts.config.training.seed,
         step=step, labels=labels, nll_weight=method.nll_weight,
-        reference_free=method.reference_free)
+        reference_free=method.reference_free, options=method.options)
     return output, policy.aux_loss
 
 
@@ -104,6 +105,7 @@ def score_pairs(parts: ScoringParts, pairs: Sequence[TokenizedPair], batch_size:
             pause(EVAL_DELAY_ENV)
     finally:
         model.train(was_training)
-    means = window.means(lambda tensor: all_reduce(acc, tensor))
+    means = add_component_losses(window.means(lambda tensor: all_reduce(acc, tensor)),
+                                 parts.method.objective)
     means["loss"] = total_loss(means, parts.method.nll_weight)
     return means

@@ -28,6 +28,8 @@ from preftune.assemble import RunParts, assemble, hold
 from preftune.config import Config
 from preftune.errors import ConfigError, TrainingStopped
 from preftune.objectives import example_metrics, step_loss
+from preftune.objectives.mixture import add_component_losses
+from preftune.reference.sync import build_sync
 from preftune.train import guard, trackers
 from preftune.train import resume as run_check
 from preftune.train.checkpoint import (STATE_FILE, latest_checkpoint, load_checkpoint,
@@ -87,6 +89,8 @@ class Trainer:
         # step reports the same final metrics as one never stopped).
         self.last_train: dict = {}
         self._pairs_fingerprint: Optional[str] = None
+        # TR-DPO's reference updates (sync_ref_model), else None.
+        self.ref_sync = build_sync(self.parts)
 
     def _all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
         return distributed.all_reduce(self.accelerator, tensor)
@@ -309,6 +313,8 @@ class Trainer:
         run_info_written = False
         while self.step < self.total_steps:
             kept = self.train_step(window)
+            if self.ref_sync is not None:
+                self.ref_sync.after_step(self.step)
             if not run_info_written:  # the fast path decides on its first call
                 self._write_run_info()
                 run_info_written = True
@@ -316,8 +322,8 @@ class Trainer:
                 bar.close()
                 self._stop_nonfinite()
             first = t.logging_first_step and self.step == 1
-            if kept and (self.step % t.logging_steps == 0 or self.step == self.total_steps
-                         or first):
+            every = t.logging_strategy == "steps" and self.step % t.logging_steps == 0
+            if kept and (every or self.step == self.total_steps or first):
                 last_train = self.last_train = self._log_window(
                     window, self.step - window_first_step, time.perf_counter() - window_start,
                     log, bar)
@@ -353,7 +359,7 @@ class Trainer:
         return self.plan.steps_per_epoch if t.eval_strategy == "epoch" else t.eval_steps
 
     def _log_window(self, window: MetricWindow, steps: int, seconds: float, log, bar) -> dict:
-        means = window.means(self._all_reduce)
+        means = add_component_losses(window.means(self._all_reduce), self.method.objective)
         means["loss"] = total_loss(means, self.method.nll_weight)
         means["tokens_per_second"] = means.pop("tokens_per_step") * steps / max(seconds, 1e-9)
         record = {"step": self.step, "epoch": round(self.step / self.plan.steps_per_epoch, 4),
@@ -420,7 +426,12 @@ class Trainer:
         return save_checkpoint(self.accelerator, self.output_dir, step, state,
                                scheduler=self.scheduler,
                                keep=self.config.training.save_total_limit,
-                               model_files=lambda folder: write_model_files(folder, self.parts))
+                               model_files=self._checkpoint_files)
+
+    def _checkpoint_files(self, folder: Path) -> None:
+        write_model_files(folder, self.parts)
+        if self.ref_sync is not None:  # TR-DPO's mixed reference: resume restores it
+            self.ref_sync.save(folder)
 
     def _resumable_checkpoint(self) -> Optional[Path]:
         """The newest checkpoint whose files match their manifest: verified on the main
@@ -441,6 +452,8 @@ class Trainer:
         """Weights, optimizer, schedule and RNG from ``checkpoint``, and the guard's
         history; returns the checkpoint's state."""
         state = load_checkpoint(self.accelerator, checkpoint, scheduler=self.scheduler)
+        if self.ref_sync is not None:
+            self.ref_sync.load(checkpoint, int(state["step"]))
         self.rolled_back |= set(state.get("rolled_back", []))
         self.skips.total = int(state.get("skipped_steps", 0))
         self.resumes_forced = list(state.get("resumes_forced", []))

@@ -22,9 +22,12 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from preftune.config import FIELDS, Config, ConfigError, build_config
+from preftune.objectives.base import get_objective
+from preftune.objectives.options import DPO_LOSS_TYPE_NAMES
 from preftune.trl.config import CPOConfig, DPOConfig, KTOConfig, ORPOConfig
 
 NO_LIMIT = 2 ** 31 - 1
@@ -34,7 +37,6 @@ _LOADER = "preftune builds batches in the training process, without a DataLoader
 _PADDING = "preftune packs sequences; padding never reaches the loss or the metrics"
 _LAUNCH = "distributed settings come from `accelerate launch` and its config file"
 NO_EFFECT = {
-    "dataset_num_proc": "tokenization runs in the training process",
     "dataloader_num_workers": _LOADER, "dataloader_pin_memory": _LOADER,
     "dataloader_persistent_workers": _LOADER, "dataloader_prefetch_factor": _LOADER,
     "dataloader_multiprocessing_context": _LOADER, "dataloader_in_order": _LOADER,
@@ -67,10 +69,6 @@ NO_EFFECT = {
     "use_cpu": "accepted where there is no GPU, where it changes nothing (TRL needs it there "
                "for bf16); refused on a GPU machine",
     "max_completion_length": "TRL reads it for encoder-decoder models only",
-    "f_alpha_divergence_coef": "TRL reads it only with f_divergence_type alpha_divergence",
-    "discopop_tau": "TRL reads it only with loss_type discopop",
-    "ref_model_mixup_alpha": "TRL reads it only with sync_ref_model",
-    "ref_model_sync_steps": "TRL reads it only with sync_ref_model",
 }
 
 # Mapped field -> the preftune keys it sets (what describe() shows).
@@ -98,25 +96,28 @@ MAPPED = {
     "seed": ("seed",), "train_sampling_strategy": ("group_by_length",),
     "resume_from_checkpoint": ("resume",),
     "max_length": ("max_length", "max_prompt_length"), "truncation_mode": ("max_prompt_length",),
+    "dataset_num_proc": ("dataset_num_proc",),
     "model_init_kwargs": ("torch_dtype", "attn_implementation"),
     "trust_remote_code": ("trust_remote_code",), "disable_dropout": ("disable_dropout",),
     "router_aux_loss_coef": ("router_aux_loss_coef",),
     "precompute_ref_log_probs": ("precompute_ref_log_probs",),
-    "loss_type": ("method", "cpo_alpha", "reference_free"), "loss_weights": ("cpo_alpha",),
+    "loss_type": ("method", "cpo_alpha", "reference_free", "loss_type", "loss_weights"),
+    "loss_weights": ("cpo_alpha", "loss_weights"),
+    "use_weighting": ("use_weighting",), "ld_alpha": ("ld_alpha",),
+    "f_divergence_type": ("f_divergence_type",),
+    "f_alpha_divergence_coef": ("f_alpha_divergence_coef",),
+    "sync_ref_model": ("sync_ref_model",), "ref_model_mixup_alpha": ("ref_model_mixup_alpha",),
+    "ref_model_sync_steps": ("ref_model_sync_steps",),
     "beta": ("beta",), "label_smoothing": ("label_smoothing",), "cpo_alpha": ("cpo_alpha",),
+    "alpha": ("alpha",), "discopop_tau": ("discopop_tau",),
     "simpo_gamma": ("gamma",), "desirable_weight": ("desirable_weight",),
     "undesirable_weight": ("undesirable_weight",), "pad_token": ("tokenizer.pad_token",),
 }
 
 # Why a refused field is refused, where there is more to say than "no such feature".
 REASONS = {
-    "alpha": "AlphaPO's reward transform is not among preftune's objectives",
     "truncation_mode": "preftune keeps the start of a completion",
     "lr_scheduler_kwargs": "preftune's schedules take no extra arguments",
-    "sync_ref_model": "TR-DPO's reference updates are not in preftune",
-    "use_weighting": "WPO weighting is not in preftune",
-    "ld_alpha": "LD-DPO weighting is not in preftune",
-    "f_divergence_type": "preftune's reference objectives use the reverse KL only",
     "activation_offloading": "preftune does not offload activations",
     "generate_during_eval": "preftune's evaluation does not generate (use `preftune eval`)",
     "is_encoder_decoder": "preftune trains causal LMs",
@@ -202,7 +203,7 @@ def _training(c, kind: str) -> dict:
             "report_to": None if report in (None, "none", [], ["none"]) else report,
             "progress_bar": not c.disable_tqdm,
             "group_by_length": strategy == "group_by_length",
-            "resume": resume_flag(c.resume_from_checkpoint)}
+            "resume": resume_flag(c.resume_from_checkpoint, c.output_dir or "trainer_output")}
 
 
 def _cuda() -> bool:
@@ -211,14 +212,25 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def resume_flag(value) -> bool:
-    """``resume_from_checkpoint`` as preftune's ``resume``: true, or nothing."""
+def resume_flag(value, output_dir: str) -> bool:
+    """``resume_from_checkpoint`` as preftune's ``resume``: true, or a path to the newest
+    checkpoint of ``output_dir`` that verifies (where preftune resumes from: it never
+    resumes from an older one, whose later checkpoints would then mix two runs)."""
     if value in (None, False) or str(value).lower() in ("false", "none", ""):
         return False
     if value is True or str(value).lower() == "true":
         return True
+    from preftune.train.checkpoint import find_resumable
+
+    given = Path(str(value)).expanduser()
+    newest = find_resumable(Path(output_dir).expanduser(), lambda *_: None)
+    if newest is not None and given.is_dir() and given.resolve() == newest.resolve():
+        return True
+    where = (f"the newest intact checkpoint of {output_dir} is {newest}" if newest
+             else f"{output_dir} has no intact checkpoint")
     raise ConfigError(f"resume_from_checkpoint={value!r}: preftune resumes from the newest "
-                      "checkpoint in output_dir that verifies: give true")
+                      f"checkpoint of output_dir that verifies, and {where}; give true, or "
+                      "copy that checkpoint into a new output_dir and resume there")
 
 
 def _schedule(c) -> dict:
@@ -272,7 +284,8 @@ def _model(c) -> dict:
                               "checkpoints every layer, on the device")
     out = {"gradient_checkpointing": bool(checkpointing), "gradient_checkpointing_kwargs": kwargs}
     for key in ("trust_remote_code", "disable_dropout", "router_aux_loss_coef",
-                "precompute_ref_log_probs"):
+                "precompute_ref_log_probs", "sync_ref_model", "ref_model_mixup_alpha",
+                "ref_model_sync_steps"):
         if hasattr(c, key):
             out[key] = getattr(c, key)
     out.update(_init_kwargs(_dict("model_init_kwargs", c.model_init_kwargs)))
@@ -306,10 +319,12 @@ def _init_kwargs(kwargs: dict | None) -> dict:
             out["attn_implementation"] = value
         elif key == "trust_remote_code":
             out["trust_remote_code"] = bool(value)
-        elif not (key == "revision" and value in (None, "main")
-                  or key == "device_map" and value in (None, "auto")):
+        elif key == "revision":
+            out["model_revision"] = None if value in (None, "main") else value
+        elif not (key == "device_map" and value in (None, "auto")):
             raise ConfigError(f"model_init_kwargs[{key!r}]={value!r}: preftune loads models "
-                              "with a dtype, an attention kernel and trust_remote_code only")
+                              "with a dtype, an attention kernel, a revision and "
+                              "trust_remote_code only")
     return out
 
 
@@ -322,7 +337,8 @@ def _data(c) -> dict:
         raise ConfigError(f"truncation_mode={c.truncation_mode!r}: preftune keeps the start "
                           "of each completion and cuts the prompt from the left")
     length = NO_LIMIT if c.max_length is None else c.max_length
-    return {"max_length": length, "max_prompt_length": length - 1}
+    return {"max_length": length, "max_prompt_length": length - 1,
+            "dataset_num_proc": getattr(c, "dataset_num_proc", None)}
 
 
 def _cpo(c: CPOConfig, notes: list[str]) -> dict:
@@ -343,6 +359,8 @@ def _cpo(c: CPOConfig, notes: list[str]) -> dict:
         values["label_smoothing"] = c.label_smoothing
     if c.loss_type == "simpo":
         values["simpo_gamma"] = c.simpo_gamma
+    if c.alpha:
+        values["alpha"] = c.alpha  # AlphaPO's reward shape (objectives/alphapo.py)
     return values
 
 
@@ -353,40 +371,87 @@ def _orpo(c: ORPOConfig, notes: list[str]) -> dict:
 DPO_LOSSES = {"sigmoid": "dpo", "hinge": "hinge", "ipo": "ipo"}
 
 
+def _dpo_options(c: DPOConfig) -> dict:
+    """WPO, LD-DPO and f-DPO (objectives/weighting.py), under TRL's names."""
+    return {"use_weighting": c.use_weighting, "ld_alpha": c.ld_alpha,
+            "f_divergence_type": c.f_divergence_type,
+            "f_alpha_divergence_coef": c.f_alpha_divergence_coef}
+
+
+def _dpo_mixture(c: DPOConfig, weights: list) -> dict:
+    """Several preference losses, or weights other than 1: a weighted mixture
+    (objectives/mixture.py) of registered objectives, refused here if one is not."""
+    for name in c.loss_type:
+        try:
+            get_objective(DPO_LOSS_TYPE_NAMES.get(name, name))
+        except ConfigError as error:
+            raise ConfigError(f"DPOConfig.loss_type {name!r}: {error}") from None
+    if c.label_smoothing:
+        raise ConfigError(f"DPOConfig.label_smoothing={c.label_smoothing} with loss_type "
+                          f"{c.loss_type}: TRL 1.16 applies it to some loss types and not "
+                          "others (sigmoid ignores it); leave it at 0 for a mixture")
+    return {"loss_type": list(c.loss_type), "loss_weights": list(weights), "beta": c.beta,
+            **_dpo_options(c)}
+
+
 def _dpo(c: DPOConfig, notes: list[str]) -> dict:
     """One preference loss (sigmoid, hinge or ipo) at weight 1, plus TRL's sft term at any
-    weight: preftune's NLL term (``cpo_alpha``), a token mean over the chosen completions."""
+    weight: preftune's NLL term (``cpo_alpha``), a token mean over the chosen completions.
+    Several preference losses, or weights other than 1, are a weighted mixture
+    (objectives/mixture.py), as TRL sums it."""
     weights = c.loss_weights or [1.0] * len(c.loss_type)
     preference = [(name, w) for name, w in zip(c.loss_type, weights) if name != "sft"]
     nll = sum(w for name, w in zip(c.loss_type, weights) if name == "sft")
-    unknown = [name for name, _ in preference if name not in DPO_LOSSES]
-    if unknown:
-        raise ConfigError(f"DPOConfig.loss_type {unknown[0]!r}: not among preftune's "
-                          f"objectives; preftune has {', '.join(DPO_LOSSES)} and sft")
-    if len(preference) > 1:
-        raise ConfigError(f"DPOConfig.loss_type={c.loss_type}: preftune combines one "
-                          "preference loss with the sft term, not several preference losses")
+    if len(preference) > 1 or any(w != 1 for _, w in preference):
+        return _dpo_mixture(c, weights)
     if not preference:
-        return {"method": "sft", "cpo_alpha": nll}
-    name, weight = preference[0]
-    if weight != 1:
-        raise ConfigError(f"DPOConfig.loss_weights={c.loss_weights}: preftune weighs the sft "
-                          f"term only; give {name} the weight 1")
-    if c.label_smoothing:
+        return {"method": "sft", "cpo_alpha": nll, **_dpo_options(c)}
+    name, _ = preference[0]
+    objective = _dpo_objective(name)
+    values = {"method": objective.name, "cpo_alpha": nll, "beta": c.beta, **_dpo_options(c)}
+    if name in SMOOTHED_DPO_LOSSES:
+        values["label_smoothing"] = c.label_smoothing
+    elif c.label_smoothing:
         notes.append(f"label_smoothing={c.label_smoothing}: TRL 1.16's {name} loss ignores "
                      "it; so does this run (preftune train --method dpo --label_smoothing "
                      "gives cDPO)")
-    return {"method": DPO_LOSSES[name], "cpo_alpha": nll, "beta": c.beta}
+    if objective.declaration("discopop_tau") is not None:
+        values["discopop_tau"] = c.discopop_tau
+    elif c.discopop_tau != default_of(_field(c, "discopop_tau")):
+        notes.append(f"discopop_tau={c.discopop_tau}: no effect here (TRL reads it only with "
+                     "loss_type discopop)")
+    return values
+
+
+# DPOConfig loss types whose TRL formula reads label_smoothing (the others ignore it).
+SMOOTHED_DPO_LOSSES = ("robust", "exo_pair", "aot", "aot_unpaired")
+
+
+def _dpo_objective(name: str):
+    """The registered objective of one DPOConfig loss type (TRL's name, underscores)."""
+    try:
+        return get_objective(DPO_LOSSES.get(name, name))
+    except ConfigError:
+        raise ConfigError(f"DPOConfig.loss_type {name!r}: not among preftune's objectives "
+                          "(`preftune methods` lists them)") from None
+
+
+def _field(config, name: str) -> dataclasses.Field:
+    return next(f for f in dataclasses.fields(config) if f.name == name)
 
 
 def _kto(c: KTOConfig, notes: list[str]) -> dict:
     """TRL keeps KTO's data in order because its KL term pairs each example with its batch
     neighbour; preftune pairs them when tokenizing, so it shuffles as for every objective."""
-    if c.loss_type != "kto":
+    if c.loss_type not in KTO_LOSSES:
         raise ConfigError(f"KTOConfig.loss_type={c.loss_type!r}: not among preftune's "
-                          "objectives; preftune has kto")
-    return {"method": "kto", "beta": c.beta, "desirable_weight": c.desirable_weight,
-            "undesirable_weight": c.undesirable_weight}
+                          f"objectives; preftune has {', '.join(KTO_LOSSES)}")
+    return {"method": KTO_LOSSES[c.loss_type], "beta": c.beta,
+            "desirable_weight": c.desirable_weight, "undesirable_weight": c.undesirable_weight}
+
+
+# KTOConfig's loss types: KTO, and APO-zero on unpaired data (no KL term).
+KTO_LOSSES = {"kto": "kto", "apo_zero_unpaired": "apo-zero-unpaired"}
 
 
 METHODS = {"cpo": _cpo, "dpo": _dpo, "orpo": _orpo, "kto": _kto}

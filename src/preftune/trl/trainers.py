@@ -20,9 +20,10 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 from preftune.config import ConfigError
+from preftune.train.scoring import score_pairs
 from preftune.trl.config import CPOConfig, DPOConfig, KTOConfig, ORPOConfig
 from preftune.trl.mapping import resolve
 
@@ -102,7 +103,8 @@ class PreferenceTrainer:
         if self._trained:
             raise RuntimeError("train() ran already; build a new trainer to train again")
         if resume_from_checkpoint is not None:
-            self._run.config.training.resume = resume_flag(resume_from_checkpoint)
+            t = self._run.config.training
+            t.resume = resume_flag(resume_from_checkpoint, t.output_dir)
         start = time.perf_counter()
         trainer = self._preftune()
         result = trainer.train()
@@ -123,26 +125,37 @@ class PreferenceTrainer:
         return TrainOutput(result.steps, training_loss, metrics)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
-        """Metrics over the trainer's eval_dataset, ``eval_*`` as TRL names them."""
-        if eval_dataset is not None:
-            raise ConfigError("evaluate(eval_dataset=...): preftune evaluates the eval_dataset "
-                              "given to the trainer; build a trainer with this one")
-        if not self._run.eval_pairs:
+        """Metrics over ``eval_dataset`` (default: the trainer's), ``eval_*`` as TRL names
+        them; a dict of datasets is scored set by set as ``eval_<name>_*``, as in TRL."""
+        if isinstance(eval_dataset, Mapping):
+            metrics = {}
+            for name, data in eval_dataset.items():
+                metrics.update(self.evaluate(data, ignore_keys, f"{metric_key_prefix}_{name}"))
+            return metrics
+        pairs = self._run.eval_pairs if eval_dataset is None else self._pairs(eval_dataset)
+        if not pairs:
             raise ValueError("Trainer: evaluation requires an eval_dataset.")
         trainer = self._preftune()
-        start = time.perf_counter()
-        metrics = trainer.evaluate()
-        seconds = time.perf_counter() - start
         batch = self._run.config.training.per_device_eval_batch_size
-        pairs = len(self._run.eval_pairs)
-        metrics = {f"{metric_key_prefix}_{k[len('eval_'):]}": v for k, v in metrics.items()}
+        start = time.perf_counter()
+        means = score_pairs(trainer.parts, pairs, batch)
+        seconds = time.perf_counter() - start
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in means.items()}
         metrics.update({f"{metric_key_prefix}_runtime": round(seconds, 4),
-                        f"{metric_key_prefix}_samples_per_second": round(pairs / seconds, 3),
+                        f"{metric_key_prefix}_samples_per_second": round(len(pairs) / seconds, 3),
                         f"{metric_key_prefix}_steps_per_second":
-                            round(math.ceil(pairs / batch) / seconds, 3),
+                            round(math.ceil(len(pairs) / batch) / seconds, 3),
                         "epoch": self.state.epoch})
         self.state.log_history.append({**metrics, "step": self.state.global_step})
         return metrics
+
+    def _pairs(self, data) -> list:
+        """Rows given to ``evaluate`` -> pairs, as the trainer's own eval rows became pairs."""
+        from preftune.api import rows_of, tokenize
+
+        run = self._run
+        return tokenize(rows_of(data, "eval_dataset"), run.tokenizer, run.config, run.method,
+                        "eval", lambda *_: None)
 
     def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False) -> None:
         """The model and tokenizer into ``output_dir`` (default: the run's). After

@@ -25,7 +25,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from preftune.forward.logps import logps_dtype, token_logps
+from preftune.forward.logps import log_sum_sq_probs, logps_dtype, token_logps
 
 
 @dataclass(frozen=True)
@@ -175,6 +175,26 @@ def chunked_token_logps(hidden: torch.Tensor, weight: torch.Tensor,
     if chunk_size < 1:
         raise ValueError(f"logps_chunk_size must be >= 1, got {chunk_size}")
     return ChunkedTokenLogps.apply(hidden, weight, bias, targets, chunk_size, transform)
+
+
+@torch.no_grad()
+def chunked_log_sum_sq(hidden: torch.Tensor, weight: torch.Tensor,
+                       bias: Optional[torch.Tensor], chunk_size: Optional[int] = None,
+                       transform: HeadTransform = HeadTransform()) -> torch.Tensor:
+    """``[N]`` values of ``log sum_v softmax(logits)_v^2`` (WPO's alignment term, asked for by
+    ``use_weighting``), through the head a chunk at a time like :class:`ChunkedTokenLogps`:
+    one more head matmul per token, no gradient, no ``[N, vocab]`` tensor."""
+    if chunk_size is None:
+        chunk_size = auto_chunk_size(weight.shape[0])
+    dtype = _compute_dtype(weight)
+    out = torch.empty(hidden.shape[0], dtype=logps_dtype(dtype), device=hidden.device)
+    w = weight.to(dtype)
+    b = bias.to(dtype) if bias is not None else None
+    with torch.autocast(hidden.device.type, enabled=False):
+        for start, stop in chunk_bounds(hidden.shape[0], chunk_size):
+            logits, _ = _chunk_logits(hidden[start:stop].to(dtype), w, b, transform)
+            out[start:stop] = log_sum_sq_probs(logits)
+    return out
 
 
 def plain_token_logps(hidden: torch.Tensor, weight: torch.Tensor,

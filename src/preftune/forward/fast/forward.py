@@ -29,10 +29,12 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from preftune.forward.fast import flex
-from preftune.forward.fast.chunked_logps import chunked_token_logps, head_transform
+from preftune.forward.fast.chunked_logps import (chunked_log_sum_sq, chunked_token_logps,
+                                                  head_transform)
 from preftune.forward.fast.layout import Layout, build_layout, scatter_completions
 from preftune.forward.fast.probe import ProbeJudge, probe_pairs
-from preftune.forward.logps import PaddedForward, model_forward_kwargs, token_logps, unwrap
+from preftune.forward.logps import (PaddedForward, log_sum_sq_probs, model_forward_kwargs,
+                                    token_logps, unwrap)
 from preftune.types import SequenceLogps, TokenizedPair
 
 MASKABLE_ATTENTION = {"sdpa": "bool", "eager": "additive", flex.FLEX: "block"}
@@ -95,7 +97,8 @@ def attention_mask(layout: Layout, kind: str, dtype: torch.dtype,
 
 
 def head_logps(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
-               chunk_size: Optional[int], transform) -> torch.Tensor:
+               chunk_size: Optional[int], transform, squares: Optional[list] = None
+               ) -> torch.Tensor:
     """The chunked head on ``hidden [N, H]``, with the head's whole weight in both passes.
 
     DeepSpeed ZeRO-3 gathers a partitioned weight only around its module's forward and
@@ -103,9 +106,14 @@ def head_logps(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tenso
     one call and DeepSpeed's hooks gather the weight as for any layer. FSDP2 as accelerate
     wraps a model keeps the head in a group that stays gathered from forward to backward
     (the tail group / the root, ``reshard_after_forward=False``), so the weight is read
-    directly; a second call of that module in one step would re-enter FSDP2's hooks."""
+    directly; a second call of that module in one step would re-enter FSDP2's hooks.
+    ``squares``: a list that receives WPO's alignment term (chunked_log_sum_sq), computed
+    inside the same call, while the weight is gathered."""
 
     def forward(states: torch.Tensor) -> torch.Tensor:
+        if squares is not None:
+            squares.append(chunked_log_sum_sq(states.detach(), head.weight, head.bias,
+                                              chunk_size, transform))
         return chunked_token_logps(states, head.weight, head.bias, targets, chunk_size,
                                    transform)
 
@@ -133,14 +141,16 @@ class FastForward:
                  chunk_size: Optional[int] = None,
                  prefix_sharing: bool = True, packing: bool = True,
                  max_tokens_per_row: Optional[int] = None, probe: bool = True,
-                 attention: str = "auto", log: Callable[[str], None] = print):
+                 attention: str = "auto", log: Callable[[str], None] = print,
+                 log_sum_sq: bool = False):
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"logps_chunk_size must be >= 1, got {chunk_size}")
         if attention not in ATTENTION_CHOICES:
             raise ValueError(f"fast_attention must be one of {', '.join(ATTENTION_CHOICES)}, "
                              f"got {attention!r}")
         self.attention = attention
-        self.padded = PaddedForward(pad_token_id)
+        self.padded = PaddedForward(pad_token_id, log_sum_sq=log_sum_sq)
+        self.log_sum_sq = log_sum_sq  # WPO's alignment term (use_weighting)
         self.pad_token_id = pad_token_id
         self.chunked, self.chunk_size = chunked, chunk_size
         self.prefix_sharing, self.packing = prefix_sharing, packing
@@ -211,16 +221,23 @@ class FastForward:
                             logits_to_keep=torch.zeros(0, dtype=torch.long, device=device))
             hidden = outputs.hidden_states[-1]
             hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index)
+            squares = [] if self.log_sum_sq else None
             logps = head_logps(inner.get_output_embeddings(), hidden, targets,
-                               self.chunk_size, head_transform(config))
+                               self.chunk_size, head_transform(config), squares)
         else:
             outputs = model(**kwargs)
             logits = outputs.logits
             picked = logits.reshape(-1, logits.shape[-1]).index_select(0, index)
             logps = token_logps(picked, targets)
+            squares = [log_sum_sq_probs(picked.detach().to(logps.dtype))] \
+                if self.log_sum_sq else None
         chosen, chosen_mask, rejected, rejected_mask = scatter_completions(logps, layout)
-        return SequenceLogps(chosen, chosen_mask, rejected, rejected_mask,
-                             aux_loss=getattr(outputs, "aux_loss", None))
+        result = SequenceLogps(chosen, chosen_mask, rejected, rejected_mask,
+                               aux_loss=getattr(outputs, "aux_loss", None))
+        if squares:
+            sq = scatter_completions(squares[0], layout)
+            result.chosen_log_sum_sq, result.rejected_log_sum_sq = sq[0], sq[2]
+        return result
 
     # -- what this model supports ----------------------------------------------------
     def check(self, model, pairs: Sequence[TokenizedPair], device: torch.device) -> Support:
@@ -353,8 +370,8 @@ def build_forward(config, tokenizer=None, log: Callable[[str], None] = print):
     t = config.training
     pad = tokenizer.pad_token_id if tokenizer is not None and tokenizer.pad_token_id is not None else 0
     if not (t.chunked_logps or t.prefix_sharing or t.packing):
-        return PaddedForward(pad)
+        return PaddedForward(pad, log_sum_sq=config.method.use_weighting)
     return FastForward(pad, chunked=t.chunked_logps, chunk_size=t.logps_chunk_size,
                        prefix_sharing=t.prefix_sharing, packing=t.packing,
                        max_tokens_per_row=t.max_tokens_per_row, attention=t.fast_attention,
-                       log=log)
+                       log=log, log_sum_sq=config.method.use_weighting)
