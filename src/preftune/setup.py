@@ -105,6 +105,8 @@ def streamed_splits(d) -> tuple:
     train_rows, rows_key = streamed_rows(d)
     eval_rows = (load_rows(d.eval_dataset, d.dataset_test_split, d.dataset_config,
                            default_split="test", role="eval") if d.eval_dataset else [])
+    if d.max_eval_samples:
+        eval_rows = eval_rows[:d.max_eval_samples]
     return train_rows, eval_rows, rows_key
 
 

@@ -371,3 +371,18 @@ def rank_main(folder: Path) -> None:
 
 if __name__ == "__main__":
     rank_main(Path(sys.argv[1]))
+
+
+def test_a_streamed_run_caps_its_eval_file_as_a_whole_read_does(tokenizer, tmp_path):
+    from preftune.setup import build_pairs
+
+    train = write_jsonl(tmp_path / "pairs.jsonl", rows(6))
+    held_out = write_jsonl(tmp_path / "held_out.jsonl", rows(5))
+    counts = []
+    for streaming in ("false", "true"):
+        config, method = streaming_config(train, tmp_path / streaming, "--streaming",
+                                          streaming, "--eval_dataset", str(held_out),
+                                          "--max_eval_samples", "2")
+        _, eval_pairs = build_pairs(config, tokenizer, method, log=lambda *_: None)
+        counts.append(len(eval_pairs))
+    assert counts == [2, 2]
