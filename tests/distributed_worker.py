@@ -9,7 +9,10 @@ Each entry of ``--runs`` is one Trainer run, in order, in this process: ``output
 ``args`` (command-line config keys), optional ``copy_checkpoint`` (a checkpoint folder
 of an earlier run, copied into ``output_dir`` first, for ``--resume``) and optional
 ``nan_on_rank``/``nan_at_step`` (that rank's forward passes return NaN during that step,
-0-based: a non-finite step seen by one rank only). The data, model and
+0-based: a non-finite step seen by one rank only) and optional ``record_syncs`` (TR-DPO:
+after each reference update the whole policy it mixed in is written to
+``output_dir/policy-{step}.safetensors``; FSDP and DeepSpeed checkpoints hold no
+``model.safetensors`` to read it from). The data, model and
 tokenizer are the ones test_trainer.py uses, so a 1-process run in the test compares step
 for step.
 
@@ -70,6 +73,25 @@ def accelerator_for(backend: str) -> Accelerator:
     return accelerator
 
 
+def record_syncs(trainer: Trainer, output_dir: Path) -> None:
+    """After each reference update, the whole policy (accelerate's get_state_dict: gathered
+    under FSDP2 and ZeRO-3, on every rank) in ``output_dir/policy-{step}.safetensors``."""
+    from safetensors.torch import save_file
+
+    accelerator, after_step = trainer.accelerator, trainer.ref_sync.after_step
+
+    def recording(step: int) -> bool:
+        mixed = after_step(step)
+        if mixed:
+            policy = accelerator.get_state_dict(trainer.model)
+            if accelerator.is_main_process:
+                save_file({k: v.detach().cpu().clone() for k, v in policy.items()},
+                          str(output_dir / f"policy-{step}.safetensors"))
+        return mixed
+
+    trainer.ref_sync.after_step = recording
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--backend", choices=["ddp", "fsdp2", "launcher"], default="ddp")
@@ -101,6 +123,8 @@ def main() -> None:
             accelerator.unwrap_model(trainer.model).get_input_embeddings().register_forward_hook(
                 lambda module, inputs, output: output * float("nan")
                 if trainer.step == poison_step else output)
+        if run.get("record_syncs"):
+            record_syncs(trainer, Path(run["output_dir"]))
         trainer.train()
         # The chunked head ran on the sharded model, not the full-logits fallback: it runs
         # as the head module's forward, which FSDP2 / ZeRO-3 gather the head weight for.

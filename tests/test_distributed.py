@@ -18,6 +18,12 @@ over ranks before dividing, and SamPO draws its token subsets per example, not p
 - resume: a run started in a new folder holding only the sampo run's step-2 checkpoint
   logs only step 3, the same step 3, and ends with the same weights (from the starting
   weights, without the checkpoint's, step 3's loss would differ).
+- TR-DPO (dpo with sync_ref_model, alpha 0.6, an update every 2 of 4 steps, a checkpoint
+  every 2): metrics, final weights and the reference after both updates as above; each
+  update's reference equals the hand mixture of the previous one and the policy it mixed
+  in; a run resumed from the step-2 checkpoint restores the mixed reference (steps 3 and 4
+  depend on it) and ends with the same weights and reference. Under FSDP2 the two models'
+  DTensor shards are mixed locally, under ZeRO-3 one gathered parameter at a time.
 - non-finite steps (DDP and FSDP2): NaN on rank 1 alone during step 2 makes every rank skip
   that step, logged with the rows of both ranks, and the run ends with the weights of a
   1-process run that skips step 2 (DeepSpeed steps its engine inside backward, which the
@@ -43,6 +49,7 @@ from distributed_worker import BASE_ARGS
 from float64_bounds import assert_no_farther_from_float64, max_diff, ulps_floor
 from tiny import random_pairs, tiny_llama
 from preftune.config import load_config
+from preftune.reference.sync import REFERENCE_FILE
 from preftune.train.metrics import read_jsonl
 from preftune.train.trainer import Trainer
 
@@ -53,6 +60,10 @@ STEPS = ["--max_steps", "3"]
 PER_RANK = ["--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2"]
 ONE_PROCESS = ["--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2"]
 METHODS = ["cpo-simpo", "sampo"]
+# TR-DPO: reference updates after steps 2 and 4, alpha 0.6.
+TR_DPO = ["--method", "dpo", "--sync_ref_model", "true", "--ref_model_sync_steps", "2",
+          "--ref_model_mixup_alpha", "0.6"]
+TR_DPO_STEPS = ["--max_steps", "4"]
 HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 # backend -> the accelerate config it is launched with (None: torch.distributed.run).
 BACKENDS = {"ddp": None, "fsdp2": None}
@@ -82,6 +93,10 @@ def start(backend: str, out: Path, tokenizer_dir: Path) -> subprocess.Popen:
                  "copy_checkpoint": str(out / "sampo" / "checkpoint-2"),
                  "args": ["--method", "sampo", *STEPS, *PER_RANK, "--save_steps", "2",
                           "--resume"]})
+    tr_dpo = [*TR_DPO, *TR_DPO_STEPS, *PER_RANK, "--save_steps", "2"]
+    runs += [{"output_dir": str(out / "tr-dpo"), "record_syncs": True, "args": tr_dpo},
+             {"output_dir": str(out / "tr-dpo-resumed"), "args": [*tr_dpo, "--resume"],
+              "copy_checkpoint": str(out / "tr-dpo" / "checkpoint-2")}]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     port = str(free_port())
@@ -124,9 +139,10 @@ def launched(request, launches) -> Path:
 
 
 def one_process_run(out: Path, tokenizer, args: list[str], dtype: torch.dtype,
-                    nan_at_step=None) -> tuple[list[dict], dict]:
-    """A 1-process run of the workers' model and data in ``dtype``: (metrics, weights)."""
-    config = load_config(None, ["--output_dir", str(out), *BASE_ARGS, *args, *STEPS,
+                    nan_at_step=None, steps=STEPS, reference=False) -> tuple:
+    """A 1-process run of the workers' model and data in ``dtype``: (metrics, weights), and
+    with ``reference`` the reference model's parameters after the run."""
+    config = load_config(None, ["--output_dir", str(out), *BASE_ARGS, *args, *steps,
                                 *ONE_PROCESS])
     trainer = Trainer(config, model=tiny_llama(vocab_size=1000).to(dtype), tokenizer=tokenizer,
                       train_pairs=random_pairs(24, vocab=1000), log=lambda *_: None)
@@ -135,8 +151,12 @@ def one_process_run(out: Path, tokenizer, args: list[str], dtype: torch.dtype,
             lambda module, inputs, output: output * float("nan")
             if trainer.step == nan_at_step else output)
     trainer.train()
-    return (read_jsonl(out / "metrics.jsonl"),
-            {k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
+    result = (read_jsonl(out / "metrics.jsonl"),
+              {k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
+    if reference:
+        result += ({n: p.detach().clone()
+                    for n, p in trainer.reference.model.named_parameters()},)
+    return result
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +167,15 @@ def one_process(tmp_path_factory, tokenizer, launches):
                                             ["--method", method], dtype)
                      for dtype in (torch.float32, torch.float64)}
             for method in METHODS}
+
+
+@pytest.fixture(scope="module")
+def tr_dpo_one_process(tmp_path_factory, tokenizer, launches):
+    """The 1-process TR-DPO run in float32 and float64: {dtype: (metrics, weights, reference)}."""
+    out = tmp_path_factory.mktemp("one-tr-dpo")
+    return {dtype: one_process_run(out / str(dtype), tokenizer, TR_DPO, dtype,
+                                   steps=TR_DPO_STEPS, reference=True)
+            for dtype in (torch.float32, torch.float64)}
 
 
 def assert_near_one_process(got: tuple[list[dict], dict], one: dict, what: str) -> None:
@@ -253,3 +282,55 @@ def test_accelerate_configs_load_and_say_how_to_run_them(path):
         ds = raw["deepspeed_config"]
         assert ds["gradient_accumulation_steps"] == 1 and ds["zero3_init_flag"] is False
         assert ds["zero_stage"] != 3 or ds["zero3_save_16bit_model"] is True
+
+
+def test_tr_dpo_two_ranks_equal_one_process(tr_dpo_one_process, launched):
+    """Steps 3 and 4 score against the reference mixed after step 2; the final reference
+    (the step-4 checkpoint's, after both updates) is held to the bound of the weights."""
+    out = launched / "tr-dpo"
+    got = read_jsonl(out / "metrics.jsonl")
+    assert [r["step"] for r in got] == [1, 2, 3, 4]
+    one = {dtype: run[:2] for dtype, run in tr_dpo_one_process.items()}
+    assert_near_one_process((got, saved_weights(out)), one, f"{launched.name} tr-dpo")
+    reference = load_file(str(out / "checkpoint-4" / REFERENCE_FILE))
+    reference32, reference64 = (tr_dpo_one_process[d][2] for d in (torch.float32, torch.float64))
+    assert reference.keys() == reference64.keys()
+    assert_no_farther_from_float64(max_diff(reference, reference64),
+                                   max_diff(reference32, reference64), ulps_floor(reference64),
+                                   f"{launched.name} tr-dpo reference")
+
+
+def test_tr_dpo_reference_is_the_hand_mixture_after_each_update(launched):
+    """reference_2 = 0.6 policy_2 + 0.4 reference_0 and reference_4 = 0.6 policy_4 + 0.4
+    reference_2, in float64 from the policy each update mixed in (gathered whole by the
+    worker), the previous checkpoint's reference and, for reference_0, the starting model.
+    The saved float32 reference is one float32 rounding away from that, inside the floor of
+    ``ULPS`` ulps; a missed or misplaced update moves it by 0.6 x the policy's drift since
+    the last one, over 100 times the floor (checked, so the test cannot pass vacuously)."""
+    out = launched / "tr-dpo"
+    previous = {n: p.detach() for n, p in tiny_llama(vocab_size=1000).named_parameters()}
+    for step in (2, 4):
+        policy = load_file(str(out / f"policy-{step}.safetensors"))
+        saved = load_file(str(out / f"checkpoint-{step}" / REFERENCE_FILE))
+        assert saved.keys() == previous.keys(), step
+        expected = {n: torch.lerp(v.double(), policy[n].double(), 0.6)
+                    for n, v in previous.items()}
+        floor = ulps_floor(expected)
+        assert max_diff(saved, expected) <= floor, (launched.name, step, max_diff(saved, expected))
+        assert max_diff(saved, previous) > 100 * floor, (launched.name, step)
+        previous = saved
+
+
+def test_tr_dpo_resume_restores_the_mixed_reference(launched):
+    """Resumed from the step-2 checkpoint in a new folder: the starting model's copy would
+    be the reference without the checkpoint's mixed one, and step 3 would score otherwise."""
+    uninterrupted, resumed = launched / "tr-dpo", launched / "tr-dpo-resumed"
+    got = read_jsonl(resumed / "metrics.jsonl")
+    assert [r["step"] for r in got] == [3, 4]
+    assert_same_metrics(got, read_jsonl(uninterrupted / "metrics.jsonl")[2:],
+                        f"{launched.name} tr-dpo resume")
+    assert_same_weights(saved_weights(resumed), saved_weights(uninterrupted),
+                        f"{launched.name} tr-dpo resume")
+    assert_same_weights(load_file(str(resumed / "checkpoint-4" / REFERENCE_FILE)),
+                        load_file(str(uninterrupted / "checkpoint-4" / REFERENCE_FILE)),
+                        f"{launched.name} tr-dpo resumed reference")

@@ -1,6 +1,7 @@
 """TR-DPO's reference updates (reference/sync.py) in the training loop, the refusals
 (validation.py), resume with a mixed reference, and gradient accumulation with the DPOConfig
-options on."""
+options on. Two-process runs (DDP, FSDP2, ZeRO-2, ZeRO-3) against one process, the hand
+mixture at each update and resume there: tests/test_distributed.py."""
 
 from __future__ import annotations
 
@@ -143,57 +144,9 @@ def test_cli_refuses_sync_with_a_cached_reference_exit_2(tmp_path, capsys):
     assert "sync_ref_model" in err and "precompute_ref_log_probs" in err
 
 
-def test_ddp_reference_is_the_hand_mixture_at_every_sync(tmp_path, tokenizer):
-    """Two DDP ranks (gloo, CPU; tests/distributed_worker.py), sync every step, alpha 0.6, a
-    checkpoint every step: each checkpoint's reference is torch.lerp(previous reference,
-    that checkpoint's policy, 0.6), recomputed here from the saved policies and the starting
-    weights, bit for bit."""
-    import json
-    import os
-    import socket
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from safetensors.torch import load_file
-
-    from preftune.reference.sync import REFERENCE_FILE
-
-    root = Path(__file__).resolve().parents[2]
-    tokenizer_dir = tmp_path / "tokenizer"
-    tokenizer.save_pretrained(tokenizer_dir)
-    out = tmp_path / "ddp"
-    runs = [{"output_dir": str(out), "args": [
-        "--method", "dpo", "--sync_ref_model", "true", "--ref_model_sync_steps", "1",
-        "--ref_model_mixup_alpha", "0.6", "--max_steps", "3", "--save_steps", "1",
-        "--save_total_limit", "3",
-        "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2"]}]
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONPATH": os.pathsep.join([str(root / "src"), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         "--master_addr", "127.0.0.1", "--master_port", port,
-         str(root / "tests" / "distributed_worker.py"), "--backend", "ddp",
-         "--tokenizer", str(tokenizer_dir), "--runs", json.dumps(runs)],
-        env=env, cwd=root, capture_output=True, text=True, timeout=400)
-    assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
-    reference = params(tiny_llama(vocab_size=1000))
-    for step in (1, 2, 3):
-        policy = load_file(str(out / f"checkpoint-{step}" / "model.safetensors"))
-        saved = load_file(str(out / f"checkpoint-{step}" / REFERENCE_FILE))
-        assert saved.keys() == reference.keys()
-        reference = {n: torch.lerp(v, policy[n], 0.6) for n, v in reference.items()}
-        for name, value in saved.items():
-            assert torch.equal(value, reference[name]), (step, name)
-
-
-@pytest.mark.parametrize("backend", ["FSDP", "DEEPSPEED"])
-def test_sharded_backends_are_refused_naming_them(tmp_path, backend):
-    """Under FSDP and DeepSpeed the reference and the policy are sharded by different
-    wrappers: mixing them is refused, naming the backend, rather than guessed."""
+def test_fsdp1_is_refused_naming_it(tmp_path):
+    """FSDP1's flattened parameters are not the policy's weights by name: refused, pointing
+    at FSDP2. (DDP, FSDP2, ZeRO-2 and ZeRO-3 run TR-DPO: tests/test_distributed.py.)"""
     from types import SimpleNamespace
 
     from accelerate.utils import DistributedType
@@ -202,7 +155,6 @@ def test_sharded_backends_are_refused_naming_them(tmp_path, backend):
 
     config = load_config(None, ["--output_dir", str(tmp_path), *SYNC])
     parts = SimpleNamespace(config=config, accelerator=SimpleNamespace(
-        distributed_type=getattr(DistributedType, backend)))
-    with pytest.raises(ConfigError, match=f"sync_ref_model is not supported under "
-                                          f"{'FSDP' if backend == 'FSDP' else 'DeepSpeed'}"):
+        distributed_type=DistributedType.FSDP, is_fsdp2=False))
+    with pytest.raises(ConfigError, match="not supported under FSDP1.*fsdp_version"):
         build_sync(parts)

@@ -423,15 +423,19 @@ class Trainer:
     def save_checkpoint(self, step: Optional[int] = None) -> Path:
         step = self.step if step is None else step
         state = json_safe({"step": step, **self._run_state()})
+        # TR-DPO's mixed reference (resume restores it): gathered here on every process (a
+        # collective under FSDP2 and ZeRO-3), written by the main one with the model files.
+        reference = self.ref_sync.gather() if self.ref_sync is not None else None
         return save_checkpoint(self.accelerator, self.output_dir, step, state,
                                scheduler=self.scheduler,
                                keep=self.config.training.save_total_limit,
-                               model_files=self._checkpoint_files)
+                               model_files=lambda folder: self._checkpoint_files(folder,
+                                                                                 reference))
 
-    def _checkpoint_files(self, folder: Path) -> None:
+    def _checkpoint_files(self, folder: Path, reference: Optional[dict] = None) -> None:
         write_model_files(folder, self.parts)
-        if self.ref_sync is not None:  # TR-DPO's mixed reference: resume restores it
-            self.ref_sync.save(folder)
+        if reference is not None:
+            self.ref_sync.save(folder, reference)
 
     def _resumable_checkpoint(self) -> Optional[Path]:
         """The newest checkpoint whose files match their manifest: verified on the main
