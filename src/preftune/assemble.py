@@ -91,8 +91,9 @@ def _build(config: Config, method: ResolvedMethod, accelerator, log, lock, *, mo
         log(f"ignored keys (no effect in preftune): {', '.join(config.ignored)}")
     if method.note:
         log(f"method: {method.note}")
-    if defaults_note(config):
-        log(defaults_note(config))
+    unlike_trl = defaults_note(config)
+    if unlike_trl:
+        log(unlike_trl)
     tokenizer, train_pairs, eval_pairs = load_data(
         config, method, tokenizer=tokenizer, model=model, train_pairs=train_pairs,
         eval_pairs=eval_pairs, log=log)

@@ -496,8 +496,8 @@ def build_config(values: dict, where: str = "config") -> Config:
     hyperparameters some registered objective declares (name or alias, into
     ``method.hyperparameters``; which objective takes them is checked by
     ``preftune.objectives.method``), and the ignored keys."""
-    config = Config()
-    for raw_key, value in flatten(values, where).items():
+    config, flat = Config(), flatten(values, where)
+    for raw_key, value in flat.items():
         key = ALIASES.get(raw_key, raw_key)
         if key in IGNORED_KEYS:
             config.ignored.append(raw_key)
@@ -515,7 +515,7 @@ def build_config(values: dict, where: str = "config") -> Config:
                 config.model.attn_implementation = "flash_attention_2"
         else:
             set_hyperparameter(config.method, raw_key, value, where)
-    _sft_when_written_for_sft(config, flatten(values, where))
+    _sft_when_written_for_sft(config, flat)
     return config
 
 

@@ -134,12 +134,13 @@ def resolve_method(cfg: MethodConfig, ref_model: Optional[str] = None) -> Resolv
                               scoring_options(cfg))
     nll = _nll_weight(cfg)
     reference_free, note = cfg.reference_free, ""
+    simpo_repository = _simpo_repository_config(cfg)
     if cfg.method and cfg.loss_type:
         raise ConfigError(f"method {cfg.method!r} and loss_type {cfg.loss_type!r} both choose "
                           "the objective: give one (loss_type is TRL's spelling)")
     if cfg.method:
         name = cfg.method
-    elif _simpo_repository_config(cfg):
+    elif simpo_repository:
         name, nll, note = _from_simpo_repository(cfg, nll)
     elif cfg.loss_type:
         name, nll, reference_free, note = _from_loss_type(cfg, nll, ref_model)
@@ -152,7 +153,7 @@ def resolve_method(cfg: MethodConfig, ref_model: Optional[str] = None) -> Resolv
         raise ConfigError("no objective chosen: set --method (see `preftune methods`)")
     objective = get_objective(name)
     given = dict(cfg.hyperparameters)
-    if name in ("simpo", "cpo-simpo") and _simpo_repository_config(cfg) and not any(
+    if name in ("simpo", "cpo-simpo") and simpo_repository and not any(
             k in given for k in _MARGIN_SPELLINGS):
         given["gamma_beta_ratio"] = _SIMPO_REPO_DEFAULT_RATIO
     hparams = resolve_hyperparameters(objective, given)

@@ -12,6 +12,7 @@ import dataclasses
 
 from preftune.config import FIELDS, Config
 from preftune.trl.config import DPOConfig, ModelConfig
+from preftune.trl.mapping import default_of
 
 # Keys whose default is a training decision (not a path, a name or a method choice).
 COMPARED = ("num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size",
@@ -25,15 +26,9 @@ TRL_MEANING = {"warmup_ratio": "0", "save_total_limit": "all kept",
                "lora_target_modules": "the model's attention projections"}
 
 
-def _default(f: dataclasses.Field):
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
-
-
 def trl_defaults() -> dict:
     """TRL 1.16's defaults (DPOConfig and its ModelConfig), by field name."""
-    return {f.name: _default(f) for cls in (DPOConfig, ModelConfig)
+    return {f.name: default_of(f) for cls in (DPOConfig, ModelConfig)
             for f in dataclasses.fields(cls)}
 
 
@@ -44,7 +39,7 @@ def unlike_trl(config: Config) -> list[str]:
     for key in COMPARED:
         if key in config.given or key.startswith("lora_") and not config.model.use_peft:
             continue
-        ours = _default(FIELDS[key][1])
+        ours = default_of(FIELDS[key][1])
         if ours != theirs.get(key):
             found.append(f"{key} {MEANING.get(key, ours)} "
                          f"(TRL: {TRL_MEANING.get(key, theirs.get(key))})")
